@@ -1,0 +1,79 @@
+"""Weighted sums of loss terms that remember each term's last value for logging."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from losses.base import PreparedInputs, SegmentationLoss
+
+
+class CompoundLoss(nn.Module):
+    """``loss = sum_t weight_t * term_t(logits, target)``.
+
+    After each call ``last_values[name]`` holds the detached, unweighted value of every term,
+    so a model can log ``train/loss/<name>``. Terms that are this package's losses share one
+    check and flattening of the inputs per call; any other ``nn.Module`` taking
+    ``(logits, target)`` works too.
+
+    Args:
+        terms: name -> loss module (names become logging keys: use ``[a-z0-9_]``).
+        weights: name -> weight; ``None`` gives every term weight 1. Missing names weigh 1.
+
+    Raises:
+        ValueError: no terms, a weight for an unknown term, or a negative weight.
+        TypeError: a term that is not an ``nn.Module``.
+    """
+
+    def __init__(
+        self, terms: Mapping[str, nn.Module], weights: Mapping[str, float] | None = None
+    ) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("Expected argument `terms` to hold at least one loss")
+        for name, term in terms.items():
+            if not isinstance(term, nn.Module):
+                raise TypeError(
+                    f"Expected term {name!r} of `terms` to be an nn.Module, "
+                    f"but got {type(term).__name__}"
+                )
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(terms))
+        if unknown:
+            raise ValueError(
+                f"Expected `weights` keys among the term names {sorted(terms)}, but got {unknown}"
+            )
+        negative = {name: w for name, w in weights.items() if w < 0}
+        if negative:
+            raise ValueError(f"Expected `weights` to be >= 0, but got {negative}")
+        self.terms = nn.ModuleDict(dict(terms))
+        self.weights = {name: float(weights.get(name, 1.0)) for name in terms}
+        self.last_values: dict[str, Tensor] = {}
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        prepared: dict[tuple[int | None, bool], PreparedInputs] = {}
+        values: dict[str, Tensor] = {}
+        for name, term in self.terms.items():
+            if isinstance(term, SegmentationLoss):
+                key = (term.ignore_index, term.validate_args)
+                if key not in prepared:
+                    prepared[key] = term.prepare(logits, target)
+                inputs = prepared[key]
+                with torch.autocast(device_type=inputs.logits.device.type, enabled=False):
+                    values[name] = term.compute(inputs)
+            else:
+                values[name] = term(logits, target)
+        total = sum(self.weights[name] * value for name, value in values.items())
+        self.last_values = {name: value.detach() for name, value in values.items()}
+        return total
+
+    def set_step(self, step: int) -> None:
+        """Pass the optimisation step to every term that has a schedule."""
+        for term in self.terms.values():
+            if hasattr(term, "set_step"):
+                term.set_step(step)
+
+    def extra_repr(self) -> str:
+        return "weights=" + repr(self.weights)

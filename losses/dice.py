@@ -1,0 +1,232 @@
+"""Soft Dice losses: the plain soft Dice and the pixel-wise modulated (PM) Dice.
+
+Both are the same mechanism, :func:`soft_dice_score` with an optional pixel weight ``w``::
+
+    dice_c = (2 * sum_i w_i y_ic p_ic + smooth) / (sum_i w_i y_ic^2 + sum_i w_i p_ic^2 + smooth)
+
+with ``p = softmax(logits)`` and ``y`` the one-hot target. ``w = 1`` is the soft Dice of the
+poster (squared denominators, as in V-Net and TransUNet), a 0/1 mask restricted to the K% hardest
+pixels is the topK Dice (:mod:`losses.topk`), and ``w = |y - stopgrad(p)|^gamma`` is the PM Dice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from losses.base import PreparedInputs, SegmentationLoss, check_non_negative
+
+
+def soft_dice_score(
+    probs: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    *,
+    smooth: float = 1e-5,
+    squared: bool = True,
+    batch: bool = False,
+) -> Tensor:
+    """Per image and class soft Dice score.
+
+    ``(2 * sum(w*y*p) + smooth) / (sum(w*y^2) + sum(w*p^2) + smooth)``, sums over pixels (and
+    over the batch too when ``batch``); ``squared=False`` uses ``sum(w*p)`` in the denominator.
+    The one-hot ``y`` is never materialised when ``weight`` is per pixel: ``sum(y*p)`` is a
+    scatter-add of ``p_target`` into its class and ``sum(y^2)`` a class count.
+
+    A class absent from an image's ground truth scores ``smooth / (sum(w*p^2) + smooth)``: 1 when
+    nothing of it is predicted, falling towards 0 as it is predicted, so false positives on
+    images without the class are penalised and the gradient stays finite.
+
+    Args:
+        probs: class probabilities ``(B, C, M)`` (M pixels).
+        target: class indices ``(B, M)``, int64 in ``[0, C)``.
+        weight: ``None``, a per-pixel weight ``(B, M)`` or a per-pixel-and-class weight
+            ``(B, C, M)``; it carries no gradient.
+        smooth: added to numerator and denominator.
+        squared: square the probabilities in the denominator.
+        batch: sum over the batch before the ratio (one score per class).
+
+    Returns:
+        Dice scores ``(B, C)``, or ``(1, C)`` when ``batch``.
+    """
+    num_images, num_classes, _ = probs.shape
+    denom_p = probs * probs if squared else probs
+    if weight is None or weight.ndim == 2:
+        p_target = probs.gather(1, target.unsqueeze(1)).squeeze(1)
+        if weight is not None:
+            p_target = p_target * weight
+            denom_p = denom_p * weight.unsqueeze(1)
+        zeros = probs.new_zeros(num_images, num_classes)
+        intersection = zeros.scatter_add(1, target, p_target)
+        offsets = torch.arange(num_images, device=target.device).unsqueeze(1) * num_classes
+        target_sum = torch.bincount(
+            (target + offsets).reshape(-1),
+            weights=None if weight is None else weight.reshape(-1).to(probs.dtype),
+            minlength=num_images * num_classes,
+        )
+        target_sum = target_sum.to(probs.dtype).reshape(num_images, num_classes)
+    else:
+        classes = torch.arange(num_classes, device=target.device).view(1, -1, 1)
+        weighted_onehot = weight * (target.unsqueeze(1) == classes)
+        intersection = (weighted_onehot * probs).sum(-1)
+        target_sum = weighted_onehot.sum(-1)
+        denom_p = denom_p * weight
+    prob_sum = denom_p.sum(-1)
+    if batch:
+        intersection = intersection.sum(0, keepdim=True)
+        target_sum = target_sum.sum(0, keepdim=True)
+        prob_sum = prob_sum.sum(0, keepdim=True)
+    return (2.0 * intersection + smooth) / (target_sum + prob_sum + smooth)
+
+
+def dice_loss_from_scores(scores: Tensor, include_background: bool) -> Tensor:
+    """``1 - mean`` of the Dice scores ``(B, C)`` over classes then images."""
+    if not include_background:
+        scores = scores[:, 1:]
+    return 1.0 - scores.mean()
+
+
+class _DiceBase(SegmentationLoss):
+    """Shared arguments of the Dice family (MONAI's names)."""
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        smooth: float = 1e-5,
+        squared: bool = True,
+        batch: bool = False,
+        ignore_index: int | None = None,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__(ignore_index=ignore_index, validate_args=validate_args)
+        self.include_background = include_background
+        self.smooth = check_non_negative("smooth", smooth)
+        self.squared = squared
+        self.batch = batch
+
+    def check_classes(self, inputs: PreparedInputs) -> None:
+        if not self.include_background and inputs.num_classes < 2:
+            raise ValueError(
+                "Expected at least 2 classes in `logits` with include_background=False, "
+                f"but got {inputs.num_classes}"
+            )
+
+    def dice_loss(self, probs: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        scores = soft_dice_score(
+            probs, target, weight, smooth=self.smooth, squared=self.squared, batch=self.batch
+        )
+        return dice_loss_from_scores(scores, self.include_background)
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"include_background={self.include_background}",
+            f"smooth={self.smooth}",
+            f"squared={self.squared}",
+            f"batch={self.batch}",
+        ]
+        base = super().extra_repr()
+        return ", ".join(parts + ([base] if base else []))
+
+
+class SoftDiceLoss(_DiceBase):
+    """Soft Dice loss, the poster's formula with K = 100%.
+
+    ``loss = 1 - mean_{b, c} (2*sum(y*p) + smooth) / (sum(y^2) + sum(p^2) + smooth)`` with
+    ``p = softmax(logits)`` over the class axis and sums over the pixels of one image (over the
+    whole batch when ``batch=True``). Equals MONAI's ``DiceLoss(softmax=True, to_onehot_y=True,
+    squared_pred=True, smooth_nr=smooth, smooth_dr=smooth)``.
+
+    A class absent from an image's ground truth scores ``smooth / (sum(p^2) + smooth)``, so
+    predicting it is penalised (towards loss 1) and not predicting it scores 1; loss and
+    gradient stay finite.
+
+    Args:
+        include_background: keep class 0 in the mean over classes.
+        smooth: added to numerator and denominator (MONAI's ``smooth_nr = smooth_dr``).
+        squared: square the probabilities and targets in the denominator.
+        batch: sum over the batch before the ratio.
+        ignore_index: target value removed from every sum.
+        validate_args: check target values (see :class:`~losses.base.SegmentationLoss`).
+
+    Shapes:
+        logits ``(B, C, *spatial)`` float, target ``(B, *spatial)`` int -> scalar.
+
+    Raises:
+        ValueError: ``smooth < 0``; at call time a shape mismatch or a target value out of range.
+        TypeError: integer logits.
+
+    Reference: Milletari et al., "V-Net", 3DV 2016.
+    """
+
+    def compute(self, inputs: PreparedInputs) -> Tensor:
+        self.check_classes(inputs)
+        probs = inputs.logits.softmax(1)
+        weight = None if inputs.valid is None else inputs.valid.to(probs.dtype)
+        return self.dice_loss(probs, inputs.target, weight)
+
+
+class PixelwiseModulatedDiceLoss(_DiceBase):
+    """Pixel-wise modulated Dice loss (Hosseini, arXiv 2506.15744).
+
+    The soft Dice with a per pixel and class factor ``m_ic = |y_ic - stopgrad(p_ic)|^gamma_c`` in
+    every sum::
+
+        loss = 1 - mean_{b, c} (2*sum(m*y*p) + smooth) / (sum(m*y^2) + sum(m*p^2) + smooth)
+
+    Easy pixels (``p`` close to ``y``) get a small factor, hard ones a factor near 1, so the
+    Dice concentrates on the difficult pixels without any selection. ``gamma = 0`` is exactly
+    :class:`SoftDiceLoss`. A class absent from the ground truth behaves as in the soft Dice.
+
+    Args:
+        gamma: focusing exponent, one number or one per class (``>= 0``).
+        include_background, smooth, squared, batch, ignore_index, validate_args: as in
+            :class:`SoftDiceLoss`.
+
+    Raises:
+        ValueError: a negative ``gamma``, or per-class ``gamma`` whose length is not the number
+            of classes (at call time).
+    """
+
+    def __init__(
+        self,
+        gamma: float | Sequence[float] = 1.0,
+        include_background: bool = True,
+        smooth: float = 1e-5,
+        squared: bool = True,
+        batch: bool = False,
+        ignore_index: int | None = None,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__(include_background, smooth, squared, batch, ignore_index, validate_args)
+        gammas = [gamma] if isinstance(gamma, int | float) else list(gamma)
+        if not gammas:
+            raise ValueError("Expected argument `gamma` to be a number or a non-empty sequence")
+        gammas = [check_non_negative("gamma", g) for g in gammas]
+        self.per_class = not isinstance(gamma, int | float)
+        self.modulated = any(g > 0 for g in gammas)
+        self.register_buffer("gamma", torch.tensor(gammas, dtype=torch.float32))
+
+    def compute(self, inputs: PreparedInputs) -> Tensor:
+        self.check_classes(inputs)
+        probs = inputs.logits.softmax(1)
+        valid = None if inputs.valid is None else inputs.valid.to(probs.dtype)
+        if self.per_class and self.gamma.numel() != inputs.num_classes:
+            raise ValueError(
+                f"Expected one `gamma` per class ({inputs.num_classes}), "
+                f"but got {self.gamma.numel()}"
+            )
+        if not self.modulated:
+            return self.dice_loss(probs, inputs.target, valid)
+        with torch.no_grad():
+            classes = torch.arange(inputs.num_classes, device=probs.device).view(1, -1, 1)
+            is_target = inputs.target.unsqueeze(1) == classes
+            error = torch.where(is_target, 1.0 - probs, probs)
+            weight = error.pow(self.gamma.view(1, -1, 1))
+            if valid is not None:
+                weight = weight * valid.unsqueeze(1)
+        return self.dice_loss(probs, inputs.target, weight)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma.tolist()}, " + super().extra_repr()

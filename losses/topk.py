@@ -1,0 +1,304 @@
+"""Losses restricted to the K% hardest pixels: topK Dice (the poster's) and topK CE.
+
+Selection rule shared by both: in each pool of ``N`` valid pixels (an image, the whole batch,
+or an image and class) the ``max(1, floor(k * N / 100))`` pixels of highest difficulty are kept.
+The selection carries no gradient. Ties are broken arbitrarily (``torch.topk``).
+
+Difficulty of pixel ``i`` with target class ``y_i``:
+
+- ``"ce"``: the cross-entropy ``-log p_{i, y_i}`` (the poster's "highest CE loss");
+- ``"abs_error"``: ``sum_c |y_ic - p_ic| = 2 (1 - p_{i, y_i})``. Both decrease with
+  ``p_{i, y_i}``, so the two rank pixels the same way up to floating-point ties;
+- with ``pool="class"`` the difficulty is per class, ``|y_ic - p_ic|``, and each class has its
+  own K% of the image's pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from losses.base import PreparedInputs, SegmentationLoss, check_choice, check_percent
+from losses.dice import _DiceBase
+
+DIFFICULTIES = ("ce", "abs_error")
+DICE_POOLS = ("image", "batch", "class")
+CE_POOLS = ("image", "batch")
+
+
+def num_selected(k: float, num_pixels: int) -> int:
+    """``max(1, floor(k * num_pixels / 100))``, the size of the hard set of a pool.
+
+    The product is rounded to 9 decimals first so that e.g. ``k=10, N=30`` gives 3, not 2.
+    """
+    return max(1, math.floor(round(k * num_pixels / 100.0, 9)))
+
+
+def pixel_difficulty(logits: Tensor, target: Tensor, difficulty: str) -> Tensor:
+    """Difficulty ``(B, N)`` of each pixel from logits ``(B, C, N)`` and target ``(B, N)``.
+
+    ``"ce"``: ``-log p_y`` (one fused cross-entropy pass); ``"abs_error"``: ``2 (1 - p_y)``.
+    """
+    ce = F.cross_entropy(logits, target, reduction="none")
+    if difficulty == "ce":
+        return ce
+    return 2.0 * (1.0 - (-ce).exp())
+
+
+def _mask_from_indices(indices: Tensor, like: Tensor) -> Tensor:
+    """0/1 float mask shaped like ``like`` with ones at ``indices`` along the last axis."""
+    return torch.zeros_like(like).scatter_(-1, indices, 1.0)
+
+
+def top_k_mask(scores: Tensor, k: float, valid: Tensor | None) -> Tensor | None:
+    """Mask of the K% highest ``scores`` along the last axis, per leading index.
+
+    Args:
+        scores: ``(..., N)`` difficulty of each pixel of each pool (no gradient needed).
+        k: percent in ``(0, 100]``.
+        valid: bool ``(..., N)`` of the pixels in the pool, or ``None`` for all.
+
+    Returns:
+        Float 0/1 mask shaped like ``scores`` (selected and valid pixels are 1), or ``None``
+        when every valid pixel is selected (so callers can take the unrestricted path, which
+        makes ``k=100`` exactly the plain loss).
+    """
+    num_pixels = scores.shape[-1]
+    if valid is None:
+        keep = num_selected(k, num_pixels)
+        if keep >= num_pixels:
+            return None
+        indices = scores.topk(keep, dim=-1, sorted=False).indices
+        return _mask_from_indices(indices, scores)
+    counts = valid.sum(-1)
+    keeps = torch.clamp(torch.floor(counts.double() * k / 100.0 + 1e-9), min=1).long()
+    if bool((keeps >= counts).all()):
+        return None
+    scores = scores.masked_fill(~valid, float("-inf"))
+    keep_max = int(keeps.max())
+    indices = scores.topk(keep_max, dim=-1, sorted=True).indices
+    ranks = torch.arange(keep_max, device=scores.device)
+    take = (ranks < keeps.unsqueeze(-1)).to(scores.dtype)
+    mask = torch.zeros_like(scores).scatter_(-1, indices, take)
+    return mask * valid
+
+
+class TopKDiceLoss(_DiceBase):
+    """topK Dice loss: the soft Dice restricted to the K% most difficult pixels (the poster).
+
+    ``loss = 1 - mean_{b, c} (2*sum_{i in S} y_ic p_ic + smooth) /
+    (sum_{i in S} y_ic^2 + sum_{i in S} p_ic^2 + smooth)`` where ``S`` is the hard set of the
+    pool (see the module docstring) and ``p = softmax(logits)``. ``k=100`` is exactly
+    :class:`~losses.dice.SoftDiceLoss`. A class absent from the selected pixels' ground truth
+    scores ``smooth / (sum_S p^2 + smooth)`` (as in the soft Dice): finite loss and gradient.
+
+    With ``pool="image"`` (the default, the poster's sums run over one image) only the selected
+    pixels' logits enter the softmax and the Dice sums, so the forward and backward passes cost
+    about K% of the plain Dice's plus one no-grad pass to rank the pixels.
+
+    Args:
+        k: percent of the pool's pixels kept, in ``(0, 100]``.
+        difficulty: ``"ce"`` or ``"abs_error"`` (see the module docstring).
+        pool: ``"image"``, ``"batch"`` (one ranking over the batch) or ``"class"`` (per image
+            and class by ``|y_c - p_c|``; ``difficulty`` is then unused).
+        k_start: K at step 0 of the optional schedule (percent, in ``(0, 100]``).
+        k_schedule_steps: if > 0, K falls linearly from ``k_start`` to ``k`` over this many
+            optimisation steps; the model advances it with :meth:`set_step`.
+        include_background, smooth, squared, batch, ignore_index, validate_args: as in
+            :class:`~losses.dice.SoftDiceLoss`; ignored pixels never enter the hard set.
+
+    Shapes:
+        logits ``(B, C, *spatial)`` float, target ``(B, *spatial)`` int -> scalar.
+
+    Raises:
+        ValueError: ``k`` or ``k_start`` outside ``(0, 100]``, an unknown ``difficulty`` or
+            ``pool``, a negative ``k_schedule_steps``.
+    """
+
+    def __init__(
+        self,
+        k: float = 10.0,
+        difficulty: str = "ce",
+        pool: str = "image",
+        k_start: float = 100.0,
+        k_schedule_steps: int = 0,
+        include_background: bool = True,
+        smooth: float = 1e-5,
+        squared: bool = True,
+        batch: bool = False,
+        ignore_index: int | None = None,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__(include_background, smooth, squared, batch, ignore_index, validate_args)
+        self.k = check_percent("k", k)
+        self.k_start = check_percent("k_start", k_start)
+        self.difficulty = check_choice("difficulty", difficulty, DIFFICULTIES)
+        self.pool = check_choice("pool", pool, DICE_POOLS)
+        if isinstance(k_schedule_steps, bool) or not isinstance(k_schedule_steps, int):
+            raise TypeError(
+                f"Expected argument `k_schedule_steps` to be an int, but got {k_schedule_steps!r}"
+            )
+        if k_schedule_steps < 0:
+            raise ValueError(
+                f"Expected argument `k_schedule_steps` to be >= 0, but got {k_schedule_steps}"
+            )
+        self.k_schedule_steps = k_schedule_steps
+        self.step = 0
+
+    def set_step(self, step: int) -> None:
+        """Set the optimisation step that the K schedule reads."""
+        self.step = int(step)
+
+    @property
+    def current_k(self) -> float:
+        """K in force at the current step: ``k_start + (k - k_start) * min(1, step / steps)``."""
+        if self.k_schedule_steps == 0 or self.step >= self.k_schedule_steps:
+            return self.k
+        return self.k_start + (self.k - self.k_start) * self.step / self.k_schedule_steps
+
+    def compute(self, inputs: PreparedInputs) -> Tensor:
+        self.check_classes(inputs)
+        logits, target, valid = inputs.logits, inputs.target, inputs.valid
+        k = self.current_k
+        if self.pool == "image" and valid is None:
+            keep = num_selected(k, logits.shape[-1])
+            if keep < logits.shape[-1]:
+                return self._image_pool_gathered(logits, target, keep)
+        mask = self._selection_mask(logits, target, valid, k)
+        probs = logits.softmax(1)
+        if mask is None:
+            weight = None if valid is None else valid.to(probs.dtype)
+        else:
+            weight = mask
+        return self.dice_loss(probs, target, weight)
+
+    def _image_pool_gathered(self, logits: Tensor, target: Tensor, keep: int) -> Tensor:
+        """Fast path: gather the ``keep`` hardest pixels of each image, Dice on those alone."""
+        with torch.no_grad():
+            hardness = pixel_difficulty(logits, target, self.difficulty)
+            indices = hardness.topk(keep, dim=1, sorted=False).indices
+        selected_logits = logits.gather(2, indices.unsqueeze(1).expand(-1, logits.shape[1], -1))
+        selected_target = target.gather(1, indices)
+        return self.dice_loss(selected_logits.softmax(1), selected_target, None)
+
+    @torch.no_grad()
+    def _selection_mask(
+        self, logits: Tensor, target: Tensor, valid: Tensor | None, k: float
+    ) -> Tensor | None:
+        """0/1 weight ``(B, N)`` (``(B, C, N)`` for ``pool="class"``) of the hard set, or None."""
+        if self.pool == "class":
+            probs = logits.softmax(1)
+            classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1)
+            error = torch.where(target.unsqueeze(1) == classes, 1.0 - probs, probs)
+            class_valid = None if valid is None else valid.unsqueeze(1).expand_as(error)
+            return top_k_mask(error, k, class_valid)
+        hardness = pixel_difficulty(logits, target, self.difficulty)
+        if self.pool == "image":
+            return top_k_mask(hardness, k, valid)
+        flat_valid = None if valid is None else valid.reshape(1, -1)
+        mask = top_k_mask(hardness.reshape(1, -1), k, flat_valid)
+        return None if mask is None else mask.reshape(hardness.shape)
+
+    @torch.no_grad()
+    def hard_pixel_mask(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Bool ``(B, *spatial)``: the pixels the loss would select now (for visualisation).
+
+        For ``pool="class"`` a pixel is marked when it is selected for any class.
+        """
+        inputs = self.prepare(logits, target)
+        mask = self._selection_mask(inputs.logits, inputs.target, inputs.valid, self.current_k)
+        if mask is None:
+            selected = torch.ones_like(inputs.target, dtype=torch.bool)
+            if inputs.valid is not None:
+                selected &= inputs.valid
+        else:
+            selected = mask.bool() if mask.ndim == 2 else mask.bool().any(1)
+        return selected.reshape(logits.shape[0], *logits.shape[2:])
+
+    def extra_repr(self) -> str:
+        head = f"k={self.k}, difficulty={self.difficulty!r}, pool={self.pool!r}"
+        if self.k_schedule_steps:
+            head += f", k_start={self.k_start}, k_schedule_steps={self.k_schedule_steps}"
+        return head + ", " + super().extra_repr()
+
+
+class TopKCrossEntropyLoss(SegmentationLoss):
+    """topK cross-entropy (Pohlen et al., "bootstrapped" CE): mean CE of the K% hardest pixels.
+
+    ``loss = mean_{i in S} -log p_{i, y_i}`` where ``S`` holds the ``max(1, floor(k*N/100))``
+    pixels of highest CE in each pool. ``pool="image"`` averages the per-image means;
+    ``pool="batch"`` ranks the whole batch at once and equals nnU-Net's ``TopKLoss(k)``.
+    ``k=100`` is the plain mean CE.
+
+    Args:
+        k: percent of the pool's pixels kept, in ``(0, 100]``.
+        pool: ``"image"`` or ``"batch"``.
+        ignore_index, validate_args: see :class:`~losses.base.SegmentationLoss`.
+
+    Raises:
+        ValueError: ``k`` outside ``(0, 100]`` or an unknown ``pool``.
+
+    Reference: Pohlen et al., "Full-resolution residual networks", CVPR 2017.
+    """
+
+    def __init__(
+        self,
+        k: float = 10.0,
+        pool: str = "image",
+        ignore_index: int | None = None,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__(ignore_index=ignore_index, validate_args=validate_args)
+        self.k = check_percent("k", k)
+        self.pool = check_choice("pool", pool, CE_POOLS)
+
+    def compute(self, inputs: PreparedInputs) -> Tensor:
+        ce = F.cross_entropy(inputs.logits, inputs.target, reduction="none")
+        valid = inputs.valid
+        if self.pool == "batch":
+            ce = ce.reshape(1, -1)
+            valid = None if valid is None else valid.reshape(1, -1)
+        if valid is None:
+            keep = num_selected(self.k, ce.shape[-1])
+            if keep >= ce.shape[-1]:
+                return ce.mean()
+            return ce.topk(keep, dim=-1, sorted=False).values.mean()
+        with torch.no_grad():
+            mask = top_k_mask(ce.detach(), self.k, valid)
+        weight = valid.to(ce.dtype) if mask is None else mask
+        per_pool = (ce * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
+        return per_pool.mean()
+
+    @torch.no_grad()
+    def hard_pixel_mask(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Bool ``(B, *spatial)``: the pixels whose CE the loss averages now."""
+        inputs = self.prepare(logits, target)
+        ce = F.cross_entropy(inputs.logits, inputs.target, reduction="none")
+        valid = inputs.valid
+        if self.pool == "batch":
+            flat_valid = None if valid is None else valid.reshape(1, -1)
+            mask = top_k_mask(ce.reshape(1, -1), self.k, flat_valid)
+            mask = None if mask is None else mask.reshape(ce.shape)
+        else:
+            mask = top_k_mask(ce, self.k, valid)
+        if mask is None:
+            selected = torch.ones_like(ce, dtype=torch.bool) if valid is None else valid.clone()
+        else:
+            selected = mask.bool()
+        return selected.reshape(logits.shape[0], *logits.shape[2:])
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()
+        return f"k={self.k}, pool={self.pool!r}" + (f", {base}" if base else "")
+
+
+__all__ = [
+    "TopKCrossEntropyLoss",
+    "TopKDiceLoss",
+    "num_selected",
+    "pixel_difficulty",
+    "top_k_mask",
+]
