@@ -48,6 +48,9 @@ train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom ARGS="--t
 bench-losses: $(STAMP) ## Time every loss preset against MONAI's DiceLoss and DiceCELoss (CPU)
 	$(PY) scripts/bench_losses.py
 
+bench-data: $(STAMP) ## Time preprocessing of a Synapse-sized case and the training loader's slices/s (CPU)
+	$(PY) scripts/bench_data.py
+
 bench-eval: $(STAMP) ## Time HD95 of one organ in a 100x512x512 volume against medpy's hd95 (CPU)
 	$(PY) scripts/bench_eval.py
 

@@ -1,0 +1,129 @@
+"""Benchmark the data pipeline (``make bench-data``).
+
+1. Preprocessing one Synapse-sized case (512 x 512 x 150 int16 CT NIfTI + uint8 label, written
+   to a temporary folder) into HDF5, against only loading the same NIfTI files with nibabel
+   (target: at most 1.5x the image+label load time).
+2. Training loader throughput (slices/s) at 224 x 224 from 512 x 512 stored slices with the
+   default augmentation, one worker process, against the augmentation alone on in-memory
+   slices (target: at least 1000 slices/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+from torch.utils.data import DataLoader
+
+from datamodules import SynapseDataModule
+from datamodules.base import SliceDataset, build_train_transform
+
+
+def write_case(root: Path, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
+    """CT-like int16 volume (smooth body + noise, air outside) and a blocky BTCV label."""
+    x, y, z = shape
+    yy, xx = np.mgrid[:x, :y]
+    body = ((xx - y / 2) ** 2 / (0.4 * y) ** 2 + (yy - x / 2) ** 2 / (0.35 * x) ** 2) <= 1
+    img = np.full(shape, -1000, np.int16)
+    tissue = (40 + 60 * np.sin(xx / 23.0) * np.cos(yy / 31.0)).astype(np.int16)
+    img[body] = tissue[body][:, None]
+    img += rng.integers(-20, 20, shape, dtype=np.int16)
+    lab = np.zeros(shape, np.uint8)
+    lab[x // 3 : x // 2, y // 3 : y // 2, z // 4 : z // 2] = 6
+    lab[x // 2 : x // 2 + 40, y // 2 : y // 2 + 30, z // 3 : z // 2] = 1
+    affine = np.diag([-0.78, -0.78, 2.5, 1.0])
+    (root / "RawData/Training/img").mkdir(parents=True)
+    (root / "RawData/Training/label").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(img, affine), str(root / "RawData/Training/img/img0005.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, affine), str(root / "RawData/Training/label/label0005.nii.gz"))
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--slices", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--loader-slices", type=int, default=2400)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        raw = tmp / "raw"
+        write_case(raw, (512, 512, args.slices), rng)
+        img_path = raw / "RawData/Training/img/img0005.nii.gz"
+        lab_path = raw / "RawData/Training/label/label0005.nii.gz"
+
+        def load_image() -> None:
+            np.asanyarray(nib.load(str(img_path)).dataobj)
+
+        def load_both() -> None:
+            load_image()
+            np.asanyarray(nib.load(str(lab_path)).dataobj)
+
+        dm = SynapseDataModule(data_dir=str(tmp / "h5"), raw_dir=str(raw), progress=False)
+        spec = dm._nifti_spec(raw / "RawData/Training", 5)
+        out = tmp / "case.h5"
+
+        def preprocess() -> None:
+            case = dm._load_case(spec)
+            dm._check_case(spec.case_id, case)
+            with h5py.File(out, "w") as f:
+                dm._write_case(f, spec.case_id, case)
+
+        t_img = best_of(load_image, args.repeats)
+        t_both = best_of(load_both, args.repeats)
+        t_pre = best_of(preprocess, args.repeats)
+        print(f"== Preprocessing one 512x512x{args.slices} int16 case (best of {args.repeats})")
+        print(f"  nibabel load, image only        {t_img:7.3f} s")
+        print(f"  nibabel load, image + label     {t_both:7.3f} s   (reference)")
+        print(
+            f"  preprocess -> HDF5 (ours)       {t_pre:7.3f} s   = {t_pre / t_both:.2f}x "
+            f"image+label load, {t_pre / t_img:.2f}x image load (target <= 1.5x)"
+        )
+
+        # ---- loader throughput
+        ds = SliceDataset(out, build_train_transform(224))
+        n = min(args.loader_slices, 16 * len(ds))
+        with h5py.File(out, "r") as f:
+            slices = [f["case0005"]["image"][0, z] for z in range(len(ds))]
+            masks = [f["case0005"]["label"][z] for z in range(len(ds))]
+        transform = build_train_transform(224)
+        t = time.perf_counter()
+        for i in range(n):
+            transform(image=slices[i % len(slices)][:, :, None], mask=masks[i % len(masks)])
+        t_aug = time.perf_counter() - t
+        loader = DataLoader(ds, batch_size=24, shuffle=True, num_workers=1, persistent_workers=True)
+        it = iter(loader)
+        next(it)  # start the worker
+        seen, t = 0, time.perf_counter()
+        while seen < n:
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)
+                continue
+            seen += batch["image"].shape[0]
+        t_loader = time.perf_counter() - t
+        print("== Training loader, 512x512 stored slices -> 224x224, default augmentation")
+        print(f"  albumentations alone (in memory, main process) {n / t_aug:8.0f} slices/s")
+        print(
+            f"  DataLoader (ours, 1 worker, batch 24)          {seen / t_loader:8.0f} slices/s "
+            f"(target >= 1000)"
+        )
+
+
+if __name__ == "__main__":
+    main()
