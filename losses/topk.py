@@ -74,7 +74,9 @@ def top_k_mask(scores: Tensor, k: float, valid: Tensor | None) -> Tensor | None:
         indices = scores.topk(keep, dim=-1, sorted=False).indices
         return _mask_from_indices(indices, scores)
     counts = valid.sum(-1)
-    keeps = torch.clamp(torch.floor(counts.double() * k / 100.0 + 1e-9), min=1).long()
+    keeps = torch.tensor(
+        [num_selected(k, count) for count in counts.reshape(-1).tolist()], device=counts.device
+    ).reshape(counts.shape)
     if bool((keeps >= counts).all()):
         return None
     scores = scores.masked_fill(~valid, float("-inf"))

@@ -98,9 +98,7 @@ def test_rebuild_on_changed_settings(fake: Fake) -> None:
 
 def test_missing_raw_dir(fake: Fake) -> None:
     missing = fake.raw_dir.parent / "nowhere"
-    with pytest.raises(
-        FileNotFoundError, match=r"raw_dir .*nowhere does not exist(.|\n)*Expected"
-    ):
+    with pytest.raises(FileNotFoundError, match=r"raw_dir .*nowhere does not exist(.|\n)*Expected"):
         fake.dm(raw_dir=str(missing)).prepare_data()
 
 
