@@ -153,10 +153,12 @@ def load_nifti_case(
     label_path: Path,
     num_label_values: int,
     slice_axis: str = "superior",
+    label_lut: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Load one case's image channels and label from NIfTI, checked, in canonical orientation.
 
-    The files are read in parallel threads (zlib decompression releases the GIL).
+    The files are read in parallel threads (zlib decompression releases the GIL); the label is
+    checked and relabelled in its reading thread, while the larger image still decompresses.
 
     Args:
         case_id: case name for error messages.
@@ -164,6 +166,8 @@ def load_nifti_case(
         label_path: the label NIfTI file.
         num_label_values: raw label values allowed, ``0..num_label_values-1``.
         slice_axis: see :func:`datamodules.nifti.raw_to_canonical`.
+        label_lut: optional uint8 lookup table ``raw label -> dataset label`` applied after
+            the check (e.g. BTCV's 13 labels to TransUNet's 8).
 
     Returns:
         ``(channels: list of raw-dtype (D, H, W) views, label uint8 (D, H, W), affine (4, 4),
@@ -172,19 +176,24 @@ def load_nifti_case(
     Raises:
         ValueError: corrupt file, NaN, image/label shape or affine mismatch, bad label values.
     """
+
+    def read_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        data, affine = read_nifti(path)
+        label = check_label_values(data, num_label_values, f"Case {case_id}: label {path}")
+        return (label if label_lut is None else label_lut[label]), affine
+
     paths = [*image_paths, label_path]
     with ThreadPoolExecutor(max_workers=min(len(paths), 4)) as pool:
-        loaded = list(pool.map(read_nifti, paths))
+        label_future = pool.submit(read_label, label_path)
+        loaded = list(pool.map(read_nifti, image_paths))
+        loaded.append(label_future.result())
     check_same_geometry(case_id, [(p, d.shape, a) for p, (d, a) in zip(paths, loaded, strict=True)])
     raw_affine = loaded[0][1]
     channels = []
     for path, (data, affine) in zip(image_paths, loaded[:-1], strict=True):
         check_finite(data, f"Case {case_id}: image {path}")
         channels.append(raw_to_canonical(data, affine, slice_axis)[0])
-    label = check_label_values(
-        loaded[-1][0], num_label_values, f"Case {case_id}: label {label_path}"
-    )
-    label, affine, spacing = raw_to_canonical(label, raw_affine, slice_axis)
+    label, affine, spacing = raw_to_canonical(loaded[-1][0], raw_affine, slice_axis)
     attrs = {
         "raw_affine": raw_affine,
         "raw_shape": np.asarray(loaded[0][0].shape, dtype=np.int64),

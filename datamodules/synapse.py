@@ -157,13 +157,15 @@ class SynapseDataModule(SliceDataModule):
             float32, same shape, C-contiguous.
         """
         lo, hi = self.hu_window
-        out = np.ascontiguousarray(image, dtype=np.float32)
-        if out is image:
-            out = out.copy()
-        np.clip(out, lo, hi, out=out)
-        out -= lo
+        if np.issubdtype(image.dtype, np.integer) and lo.is_integer() and hi.is_integer():
+            # integer HU (the raw CT): clip in the narrow dtype, then one float pass
+            info = np.iinfo(image.dtype)
+            image = np.clip(image, max(lo, info.min), min(hi, info.max))
+        else:
+            image = np.clip(image, lo, hi, dtype=np.float32)
+        out = np.subtract(image, lo, dtype=np.float32)
         out *= np.float32(1.0 / (hi - lo))
-        return out
+        return np.ascontiguousarray(out)
 
     # ---------------------------------------------------------------- plan
     def _plan(self) -> dict[str, list[CaseSpec]]:
@@ -227,11 +229,11 @@ class SynapseDataModule(SliceDataModule):
         if source == "nifti":
             image_path, label_path = spec.files
             (ct,), label, affine, spacing, attrs = load_nifti_case(
-                spec.case_id, [image_path], label_path, _BTCV_NUM_LABELS
+                spec.case_id, [image_path], label_path, _BTCV_NUM_LABELS, label_lut=_LUT
             )
             return CaseData(
                 image=self.preprocess_image(ct)[None],
-                label=_LUT[label],
+                label=label,
                 spacing=spacing,
                 affine=affine,
                 attrs=attrs,
