@@ -51,6 +51,9 @@ bench-losses: $(STAMP) ## Time every loss preset against MONAI's DiceLoss and Di
 bench-data: $(STAMP) ## Time preprocessing of a Synapse-sized case and the training loader's slices/s (CPU)
 	$(PY) scripts/bench_data.py
 
+bench-train: $(STAMP) ## Training-loop throughput: Trainer.fit vs the bare model step on the phantom
+	$(PY) scripts/bench_train.py
+
 bench-eval: $(STAMP) ## Time HD95 of one organ in a 100x512x512 volume against medpy's hd95 (CPU)
 	$(PY) scripts/bench_eval.py
 

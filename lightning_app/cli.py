@@ -1,0 +1,243 @@
+"""`python -m lightning_app {fit,validate,test,predict}`: the Lightning CLI of the template.
+
+:class:`SegmentationCLI` is a plain ``LightningCLI`` that
+
+- links ``data.num_classes``, ``data.class_names``, ``data.in_channels`` into the model
+  (``apply_on="instantiate"``: read from the datamodule object right after it is built);
+- gives every run its own directory (the *run directory*, ``trainer.default_root_dir``)::
+
+      logs/<dataset>/<loss>/<run name>/
+          config.yaml            resolved config (repeat or resume the run from it)
+          checkpoints/           best-*.ckpt (by val/dice/mean, max) and last.ckpt
+          csv/version_<n>/       CSV metrics, one version per fit attempt (resume -> next n)
+          wandb/                 the W&B run (offline-run-* without credentials)
+
+  ``<dataset>`` comes from the datamodule class (``PhantomDataModule -> phantom``), ``<loss>``
+  from the ``configs/loss/<name>.yaml`` given with ``--config`` (else the loss class name), the
+  run name from ``$LIGHTNING_APP_RUN_NAME``, ``$SLURM_JOB_ID``, torchrun's run id, or else the
+  launch time plus a random suffix. A run directory given with ``--trainer.default_root_dir`` is
+  used as is. Loggers whose ``save_dir`` is unset or ``.``, and ``ModelCheckpoint`` callbacks
+  without ``dirpath``, are pointed into the run directory; the W&B logger gets ``id`` and
+  ``name`` = run name, project ``topk-dice-<dataset>``, group ``<dataset>/<loss>`` and tags
+  ``[<dataset>, <loss>]`` unless set. These derived values are recomputed from the run directory
+  at every launch and are not written into ``config.yaml``, so
+  ``--config <run>/config.yaml --ckpt_path last`` continues the run (same checkpoints folder,
+  same W&B run id) and ``--config <run>/config.yaml --trainer.default_root_dir=null`` repeats it
+  as a new run.
+- ``WANDB_MODE=disabled`` removes W&B loggers (CSV only).
+
+Everything else (model, optimizer, scheduler, trainer, callbacks, seed) comes from the yaml
+files: ``configs/base.yaml`` + ``configs/data/<dataset>.yaml`` + ``configs/loss/<loss>.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from lightning_app.loggers import resolve_wandb_mode
+from models import SegmentationModel
+
+__all__ = ["SegmentationCLI", "main", "RUN_NAME_ENV", "dataset_name", "loss_name", "run_name"]
+
+#: Environment variable naming the run; the CLI sets it when it invents a name, so the DDP
+#: worker processes that Lightning launches (which re-run the same command) agree on the run
+#: directory. Set it yourself (on every node) to name a multi-node run.
+RUN_NAME_ENV = "LIGHTNING_APP_RUN_NAME"
+
+_WANDB_LOGGERS = ("WandbLogger",)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _class_name(class_path: str | None) -> str:
+    return (class_path or "").rsplit(".", 1)[-1]
+
+
+def _snake(name: str) -> str:
+    return _CAMEL.sub("_", name).lower()
+
+
+def dataset_name(cfg: Namespace) -> str:
+    """``data.class_path`` ``datamodules.PhantomDataModule`` -> ``phantom``
+    (``ACDCDataModule -> acdc``, ``MSSEG2DataModule -> msseg2``)."""
+    name = _class_name(getattr(cfg.get("data") or Namespace(), "class_path", None))
+    name = re.sub(r"_?DataModule$", "", name)
+    return name.lower() or "data"
+
+
+def loss_name(cfg: Namespace) -> str:
+    """The loss preset name: the stem of the last ``--config`` file inside a ``loss`` folder
+    (``configs/loss/ce_topk_dice.yaml -> ce_topk_dice``), else the snake-cased class name of
+    ``model.loss`` (``TopKDiceLoss -> top_k_dice_loss``)."""
+    for path in reversed(list(cfg.get("config") or [])):
+        p = Path(str(getattr(path, "absolute", None) or path))
+        if p.parent.name == "loss":
+            return p.stem
+    loss = (cfg.get("model") or Namespace()).get("loss")
+    name = _class_name(getattr(loss, "class_path", None))
+    return _snake(name) if name else "loss"
+
+
+def _env_rank() -> int:
+    """Global rank of this process as known before the Trainer starts (0 if unknown)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    local = os.environ.get("LOCAL_RANK", "")
+    node = os.environ.get("NODE_RANK", "0")
+    if local.isdigit():
+        return int(local) + (int(node) if node.isdigit() else 0)
+    return 0
+
+
+def run_name() -> str:
+    """The run name: ``$LIGHTNING_APP_RUN_NAME``, else ``slurm-<job id>``, else
+    ``torchrun-<run id>``, else ``YYYYmmdd-HHMMSS-<6 hex>`` (which is then exported in
+    ``$LIGHTNING_APP_RUN_NAME`` for Lightning's DDP worker processes)."""
+    name = os.environ.get(RUN_NAME_ENV)
+    if name:
+        return name
+    if os.environ.get("SLURM_JOB_ID"):
+        name = f"slurm-{os.environ['SLURM_JOB_ID']}"
+    elif os.environ.get("TORCHELASTIC_RUN_ID", "none") not in ("", "none"):
+        name = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    else:
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    os.environ[RUN_NAME_ENV] = name
+    return name
+
+
+def _is(entry: Any, names: tuple[str, ...]) -> bool:
+    return isinstance(entry, Namespace) and _class_name(entry.get("class_path")) in names
+
+
+def _as_list(value: Any) -> list:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+class SegmentationCLI(LightningCLI):
+    """The template's ``LightningCLI`` (see the module docstring for what it adds).
+
+    Construct as ``SegmentationCLI(args=[...], run=False)`` to parse and build without running
+    (used by the tests); ``main()`` runs it from ``sys.argv``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("model_class", SegmentationModel)
+        kwargs.setdefault("datamodule_class", LightningDataModule)
+        kwargs.setdefault("subclass_mode_data", True)
+        save_kwargs = {"overwrite": True, **kwargs.pop("save_config_kwargs", {})}
+        kwargs["save_config_kwargs"] = save_kwargs
+        self.run_dir: str | None = None
+        self._generated_name = False
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for attr in ("num_classes", "class_names", "in_channels"):
+            parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+
+    # ---------------------------------------------------------------- run directory
+    def _sub_config(self, config: Namespace) -> Namespace:
+        return config[self.subcommand] if self.subcommand else config
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self._sub_config(self.config)
+        dataset, loss = dataset_name(cfg), loss_name(cfg)
+        trainer = cfg.trainer
+        if trainer.get("default_root_dir") is None:
+            self._generated_name = not os.environ.get(RUN_NAME_ENV)
+            trainer.default_root_dir = os.path.join("logs", dataset, loss, run_name())
+        self.run_dir = os.fspath(trainer.default_root_dir)
+        if resolve_wandb_mode() == "disabled":
+            loggers = [lg for lg in _as_list(trainer.get("logger")) if not _is(lg, _WANDB_LOGGERS)]
+            trainer.logger = loggers or False
+        config_file = os.path.join(self.run_dir, "config.yaml")
+        if (
+            self.subcommand == "fit"
+            and cfg.get("ckpt_path") is None
+            and _env_rank() == 0
+            and os.path.isfile(config_file)
+        ):
+            raise ValueError(
+                f"The run directory {self.run_dir} already holds a run ({config_file}). "
+                "Pass `--ckpt_path last` to continue it, or `--trainer.default_root_dir=<new dir>` "
+                "(or `=null` for a fresh name) to start a new run."
+            )
+        # SaveConfigCallback joins this to trainer.log_dir; an absolute path wins the join, so
+        # the config lands in the run directory whichever logger comes first.
+        self.save_config_kwargs["config_filename"] = os.path.abspath(config_file)
+        self._run_info = {"dataset": dataset, "loss": loss, "name": Path(self.run_dir).name}
+
+    def _resolved(self, config: Namespace) -> Namespace:
+        """A copy of ``config`` with the run-directory-derived values filled in."""
+        config = config.clone()
+        cfg = self._sub_config(config)
+        info, run_dir = self._run_info, self.run_dir
+        for lg in _as_list(cfg.trainer.get("logger")):
+            if not isinstance(lg, Namespace):
+                continue
+            args = lg.get("init_args")
+            if args is None:
+                lg.init_args = args = Namespace()
+            if args.get("save_dir") in (None, ".", "./"):
+                args.save_dir = run_dir
+            if _is(lg, _WANDB_LOGGERS):
+                defaults = {
+                    "id": info["name"],
+                    "name": info["name"],
+                    "project": f"topk-dice-{info['dataset']}",
+                    "group": f"{info['dataset']}/{info['loss']}",
+                    "tags": [info["dataset"], info["loss"]],
+                }
+                for key, value in defaults.items():
+                    if args.get(key) is None:
+                        args[key] = value
+        for cb in _as_list(cfg.trainer.get("callbacks")):
+            if _is(cb, ("ModelCheckpoint",)):
+                if cb.init_args.get("dirpath") is None:
+                    cb.init_args.dirpath = os.path.join(run_dir, "checkpoints")
+        return config
+
+    def instantiate_classes(self) -> None:
+        unresolved = self.config
+        self.config = self._resolved(unresolved)
+        try:
+            super().instantiate_classes()
+        finally:
+            self.config = unresolved
+        # the saved config keeps the derived values unresolved (see module docstring)
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, SaveConfigCallback):
+                cb.config = self._sub_config(unresolved)
+
+    def _forget_generated_name(self) -> None:
+        # a later CLI call in the same Python process must invent its own run name
+        if self._generated_name and _env_rank() == 0:
+            os.environ.pop(RUN_NAME_ENV, None)
+
+    def after_fit(self) -> None:
+        self._forget_generated_name()
+
+    def after_validate(self) -> None:
+        self._forget_generated_name()
+
+    def after_test(self) -> None:
+        self._forget_generated_name()
+
+    def after_predict(self) -> None:
+        self._forget_generated_name()
+
+
+def main(args: list[str] | None = None) -> SegmentationCLI:
+    """Entry point of ``python -m lightning_app``; ``args`` defaults to ``sys.argv[1:]``."""
+    return SegmentationCLI(args=args)

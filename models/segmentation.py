@@ -1,0 +1,250 @@
+"""`SegmentationModel`: an SMP encoder-decoder trained with an injected loss.
+
+Data flow per training step (B slices, C classes, H x W pixels)::
+
+    image (B, C_in, H, W) float32 --net--> logits (B, C, H, W) --loss(logits.float(), label)--> scalar
+    label (B, H, W) int64 ----------------------------------------^
+
+Validation pools a per-class confusion matrix over the whole validation set
+(:class:`models.scores.PooledDiceIoU`) and logs ``val/dice/<class>``, ``val/iou/<class>`` and the
+foreground means ``val/dice/mean``, ``val/iou/mean``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+import lightning as L
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, PolynomialLR
+
+from models.scores import PooledDiceIoU
+
+__all__ = ["SegmentationModel", "metric_key", "OptimizerFactory", "SchedulerFactory"]
+
+#: ``optimizer(params) -> Optimizer`` (Lightning CLI: ``class_path`` + ``init_args``).
+OptimizerFactory = Callable[[Iterable], Optimizer]
+#: ``scheduler(optimizer, total_steps) -> LRScheduler``, stepped once per optimizer step;
+#: ``total_steps`` is ``trainer.estimated_stepping_batches`` (the whole fit). Fits any scheduler
+#: whose second positional parameter is the schedule length (``PolynomialLR.total_iters``,
+#: ``CosineAnnealingLR.T_max``).
+SchedulerFactory = Callable[[Optimizer, int], LRScheduler]
+
+# TransUNet's recipe (REFERENCE.md): SGD lr 0.01, momentum 0.9, weight decay 1e-4,
+# lr_t = lr_0 * (1 - t / T) ** 0.9 per iteration.
+TRANSUNET_SGD = {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
+TRANSUNET_POLY_POWER = 0.9
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def metric_key(class_name: str) -> str:
+    """The metric-key form of a class name: runs of characters other than letters, digits,
+    ``_``, ``.`` and ``-`` become ``_`` (``"right kidney" -> "right_kidney"``), so a name can
+    never add a ``/`` level to ``val/dice/<class>``."""
+    return _KEY_UNSAFE.sub("_", class_name.strip()) or "_"
+
+
+class SegmentationModel(L.LightningModule):
+    """2D segmentation LightningModule: ``smp.create_model(arch, ...)`` + injected loss.
+
+    Batches (contract): ``{"image": float32 (B, C_in, H, W), "label": int64 (B, H, W)}``.
+
+    Args:
+        loss: the training criterion, ``loss(logits (B, C, H, W) float32, target (B, H, W) int64)
+            -> scalar``; any ``losses`` preset or the user's own ``nn.Module``. If it has
+            ``set_step(step)``, it is called with ``global_step`` before every training call; if
+            it has ``last_values`` (compound loss), each term is logged as ``train/loss/<term>``;
+            its submodules with ``hard_pixel_mask(logits, target)`` feed
+            :meth:`hard_pixel_masks`.
+        in_channels: input channels ``C_in`` (linked from the datamodule by the CLI).
+        num_classes: classes ``C`` including background (linked from the datamodule).
+        class_names: ``C`` names, background first (linked); default ``class_0 ... class_{C-1}``.
+        arch: any segmentation_models_pytorch architecture name (``Unet``, ``UnetPlusPlus``,
+            ``FPN``, ``DeepLabV3Plus``, ``Segformer``, ...).
+        encoder_name: SMP encoder (``resnet18``, ``resnet34``, ``efficientnet-b0``, ...).
+        encoder_weights: pretrained encoder weights (``"imagenet"`` needs the internet; default
+            ``None``: random initialisation).
+        optimizer: ``optimizer(params) -> Optimizer``; ``None`` = TransUNet's
+            ``SGD(lr=0.01, momentum=0.9, weight_decay=1e-4)``.
+        scheduler: ``scheduler(optimizer, total_steps) -> LRScheduler``, stepped every
+            optimizer step; ``None`` = TransUNet's poly decay
+            ``PolynomialLR(total_iters=total_steps, power=0.9)``, i.e.
+            ``lr_t = lr_0 (1 - t / T)^0.9``.
+        model_kwargs: extra keyword arguments for ``smp.create_model`` (e.g.
+            ``decoder_channels``).
+
+    Raises:
+        ValueError: on an unknown architecture, ``num_classes < 2``, ``in_channels < 1`` or
+            ``len(class_names) != num_classes``.
+        TypeError: if ``loss`` is not an ``nn.Module``.
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        in_channels: int,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        arch: str = "Unet",
+        encoder_name: str = "resnet18",
+        encoder_weights: str | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        model_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(loss, nn.Module):
+            raise TypeError(
+                f"Expected argument `loss` to be a torch.nn.Module, but got {type(loss).__name__}"
+            )
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"Expected argument `num_classes` to be an int >= 2 (background included), "
+                f"but got {num_classes!r}"
+            )
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(
+                f"Expected argument `in_channels` to be a positive int, but got {in_channels!r}"
+            )
+        if class_names is None:
+            class_names = [f"class_{i}" for i in range(num_classes)]
+        class_names = [str(n) for n in class_names]
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"Expected argument `class_names` to have num_classes={num_classes} entries "
+                f"(background first), but got {len(class_names)}: {class_names}"
+            )
+        keys = [metric_key(n) for n in class_names]
+        if len(set(keys)) != len(keys):
+            raise ValueError(
+                f"Expected argument `class_names` to be distinct as metric keys, but got {keys}"
+            )
+        known = _smp_archs()
+        if not isinstance(arch, str) or arch.lower() not in {a.lower() for a in known}:
+            raise ValueError(
+                f"Expected argument `arch` to be a segmentation_models_pytorch architecture "
+                f"({', '.join(known)}), but got {arch!r}"
+            )
+        self.save_hyperparameters(ignore=["loss"])
+        self.class_names = class_names
+        self.class_keys = keys
+        self.num_classes = num_classes
+        self.net = smp.create_model(
+            arch,
+            encoder_name=encoder_name,
+            encoder_weights=encoder_weights,
+            in_channels=in_channels,
+            classes=num_classes,
+            **(model_kwargs or {}),
+        )
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # one torchmetrics object per stage (train: loss only)
+        self.val_scores = PooledDiceIoU(num_classes)
+
+    # ------------------------------------------------------------------ forward / loss
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` (B, C_in, H, W) -> ``logits`` (B, C, H, W); H, W must suit the encoder
+        (multiples of 32 for the ResNet Unet)."""
+        return self.net(image)
+
+    def _criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # The losses are computed in float32 whatever the autocast precision (bf16-mixed).
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return self.loss(logits.float(), target)
+
+    def hard_pixel_masks(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Hard-pixel maps of every loss (sub)module that selects pixels (topK losses).
+
+        Args:
+            logits: (B, C, H, W); target: (B, H, W) int64.
+
+        Returns:
+            ``{module name ("loss" for the loss itself, else "loss.<path>"): bool (B, H, W)}``;
+            empty if no module has ``hard_pixel_mask``.
+        """
+        out: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), torch.autocast(device_type=logits.device.type, enabled=False):
+            for name, module in self.loss.named_modules():
+                if hasattr(module, "hard_pixel_mask"):
+                    key = "loss" if not name else f"loss.{name}"
+                    out[key] = module.hard_pixel_mask(logits.float(), target).bool()
+        return out
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        image, target = batch["image"], batch["label"]
+        if hasattr(self.loss, "set_step"):
+            self.loss.set_step(self.global_step)
+        logits = self(image)
+        loss = self._criterion(logits, target)
+        bs = image.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        terms = getattr(self.loss, "last_values", None)
+        if isinstance(terms, dict):
+            for name, value in terms.items():
+                self.log(f"train/loss/{metric_key(str(name))}", value, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        image, target = batch["image"], batch["label"]
+        logits = self(image)
+        loss = self._criterion(logits, target)
+        self.log("val/loss", loss, sync_dist=True, batch_size=image.shape[0])
+        self.val_scores.update(logits.argmax(dim=1), target)
+        # returned for callbacks (image panels, hard-pixel maps); not stored by Lightning
+        return {"logits": logits.detach()}
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_scores.compute()  # synced across processes
+        self.val_scores.reset()
+        for metric in ("dice", "iou"):
+            values = scores[metric]
+            for key, value in zip(self.class_keys, values, strict=True):
+                self.log(f"val/{metric}/{key}", value.float(), sync_dist=False)
+            self.log(
+                f"val/{metric}/mean", scores[f"{metric}_mean"].float(), prog_bar=metric == "dice"
+            )
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict:
+        """Optimizer over all parameters and a per-step scheduler for the whole fit.
+
+        ``total_steps = trainer.estimated_stepping_batches`` (max_epochs x batches per epoch /
+        accumulation, or max_steps).
+
+        Raises:
+            ValueError: if the fit has no finite length (``max_epochs=-1`` and ``max_steps=-1``).
+        """
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.SGD(self.parameters(), **TRANSUNET_SGD)
+        else:
+            optimizer = self.optimizer_factory(self.parameters())
+        total = self.trainer.estimated_stepping_batches
+        if total is None or total == float("inf"):
+            raise ValueError(
+                "The scheduler needs a finite fit length: set `trainer.max_epochs` or "
+                f"`trainer.max_steps` (got estimated_stepping_batches={total})"
+            )
+        total = max(int(total), 1)
+        if self.scheduler_factory is None:
+            scheduler = PolynomialLR(optimizer, total_iters=total, power=TRANSUNET_POLY_POWER)
+        else:
+            scheduler = self.scheduler_factory(optimizer, total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+
+def _smp_archs() -> list[str]:
+    """Architecture names known to ``smp.create_model``."""
+    return [cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()]

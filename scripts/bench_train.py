@@ -1,0 +1,177 @@
+"""Training-loop throughput: ``Trainer.fit`` against the bare model step (``make bench-train``).
+
+Both sides train the same architecture with the same loss on the same phantom batches, in this
+process, one after the other:
+
+- *bare*: the batches are loaded into memory first; then per batch ``forward -> loss ->
+  backward -> optimizer.step -> scheduler.step`` (no data loading, no logging, no metrics);
+- *Trainer.fit*: ``SegmentationModel`` through ``lightning.Trainer.fit`` with the phantom
+  DataLoader (its workers), the loss, ``train/loss`` + per-term logging every
+  ``log_every_n_steps``, the CSV and offline W&B loggers, progress bar off.
+
+Throughput is slices per second over the timed training steps (after ``--warmup`` steps);
+validation (metrics, W&B panels) runs after the timed window and is reported on its own line.
+Target: Trainer / bare >= 0.9.
+
+    .venv/bin/python scripts/bench_train.py [--steps 30 --batch-size 16 --image-size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import lightning as L
+import torch
+
+from datamodules import PhantomDataModule
+from lightning_app.loggers import WandbLogger
+from losses import build_loss
+from models import SegmentationModel
+
+
+class StepTimer(L.Callback):
+    """Wall time from the start of training batch ``warmup`` to the end of the last batch."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.t0 = self.t1 = 0.0
+        self.slices = 0
+        self.val_time = 0.0
+        self._v0 = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.t0 = time.perf_counter()
+        if batch_idx >= self.warmup:
+            self.slices += batch["image"].shape[0]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.t1 = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._v0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.val_time = time.perf_counter() - self._v0
+
+
+def make_model(dm: PhantomDataModule, loss: str) -> SegmentationModel:
+    return SegmentationModel(
+        loss=build_loss(loss),
+        in_channels=dm.in_channels,
+        num_classes=dm.num_classes,
+        class_names=dm.class_names,
+    )
+
+
+def bare(dm: PhantomDataModule, loss: str, warmup: int, steps: int) -> float:
+    """Slices/s of forward + loss + backward + SGD step + poly step on preloaded batches."""
+    torch.manual_seed(0)
+    model = make_model(dm, loss)
+    net, criterion = model.net, model.loss
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=warmup + steps, power=0.9)
+    batches = []
+    for batch in dm.train_dataloader():
+        batches.append(batch)
+        if len(batches) == warmup + steps:
+            break
+    net.train()
+    slices, t0 = 0, 0.0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            t0 = time.perf_counter()
+        if hasattr(criterion, "set_step"):
+            criterion.set_step(i)
+        logits = net(batch["image"])
+        value = criterion(logits.float(), batch["label"])
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        sched.step()
+        if i >= warmup:
+            slices += batch["image"].shape[0]
+    return slices / (time.perf_counter() - t0)
+
+
+def trainer_fit(
+    dm: PhantomDataModule, loss: str, warmup: int, steps: int, workdir: str
+) -> tuple[float, float]:
+    """(train slices/s through Trainer.fit, seconds of the validation pass)."""
+    torch.manual_seed(0)
+    model = make_model(dm, loss)
+    timer = StepTimer(warmup)
+    loggers = [L.pytorch.loggers.CSVLogger(workdir, name="csv")]
+    if os.environ.get("WANDB_MODE", "offline") != "disabled":
+        loggers.insert(0, WandbLogger(save_dir=workdir, offline=True, project="bench"))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=warmup + steps,
+        limit_val_batches=4,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        logger=loggers,
+        callbacks=[timer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=workdir,
+    )
+    trainer.fit(model, dm)
+    return timer.slices / (timer.t1 - timer.t0), timer.val_time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loss", default="ce_topk_dice")
+    parser.add_argument("--steps", type=int, default=25, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--data-dir", default=None, help="phantom HDF5 folder (default: temp)")
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dm = PhantomDataModule(
+            data_dir=args.data_dir or os.path.join(tmp, "phantom"),
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            progress=False,
+        )
+        dm.prepare_data()
+        dm.setup("fit")
+        n_batches = len(dm.train_dataloader())
+        if args.warmup + args.steps > n_batches:
+            raise ValueError(
+                f"Expected --warmup + --steps <= {n_batches} (train batches of the phantom), "
+                f"but got {args.warmup + args.steps}"
+            )
+        # bare before and after the fit; the faster is the reference (the machine may be shared)
+        ref_before = bare(dm, args.loss, args.warmup, args.steps)
+        fit, val_s = trainer_fit(dm, args.loss, args.warmup, args.steps, tmp)
+        ref = max(ref_before, bare(dm, args.loss, args.warmup, args.steps))
+
+    device = "cuda" if torch.cuda.is_available() else "cpu (no GPU in this run)"
+    print(
+        f"device: {device}, torch threads: {torch.get_num_threads()}, loss: {args.loss}, "
+        f"batch {args.batch_size} x {args.image_size}^2, {args.steps} timed steps, "
+        f"{args.num_workers} workers"
+    )
+    print(f"{'':28s}{'slices/s':>10s}")
+    print(f"{'bare fwd+bwd+step':28s}{ref:10.2f}")
+    print(f"{'Trainer.fit (full loop)':28s}{fit:10.2f}")
+    print(f"{'ratio (target >= 0.9)':28s}{fit / ref:10.3f}")
+    print(f"{'validation pass (4 batches)':28s}{val_s:9.2f}s")
+
+
+if __name__ == "__main__":
+    main()
