@@ -11,9 +11,16 @@ LOSS    ?= ce_topk_dice
 DATASET ?= phantom
 ARGS    ?=
 CKPT    ?= last
-TRAINER ?= default
+INPUT   ?=
+OUTPUT  ?= predictions
 
-.PHONY: help install test test-full lint format train eval predict bench bench-losses bench-data bench-train bench-eval clean
+# eval / predict: CKPT=last (default) takes the newest logs/$(DATASET)/$(LOSS)/*/checkpoints/last.ckpt;
+# the run's config.yaml next to the checkpoint's folder gives the dataset (else base + data + loss configs)
+RUN_CKPT   = $(if $(filter last,$(CKPT)),$(firstword $(shell ls -t logs/$(DATASET)/$(LOSS)/*/checkpoints/last.ckpt 2>/dev/null)),$(CKPT))
+RUN_CONFIG = $(abspath $(dir $(RUN_CKPT))../config.yaml)
+EVAL_CONFIGS = $(if $(wildcard $(RUN_CONFIG)),--config $(RUN_CONFIG),--config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml)
+
+.PHONY: help install test test-full lint format train eval predict compare sweep-k bench bench-losses bench-data bench-train bench-eval clean
 
 help: ## List every target with its description
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +51,14 @@ format: $(STAMP) ## Format with ruff
 
 train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom ARGS="--trainer.max_epochs=5"
 	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml $(ARGS)
+
+eval: $(STAMP) ## Test a checkpoint (per_case.csv, summary.md, W&B): make eval CKPT=<run>/checkpoints/<file>.ckpt [ARGS="--model.test_protocol=transunet"]
+	@test -f "$(RUN_CKPT)" || { echo "make eval: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>, or train first for CKPT=last)" >&2; exit 2; }
+	$(PY) -m lightning_app test $(EVAL_CONFIGS) --ckpt_path $(RUN_CKPT) --trainer.default_root_dir=null $(ARGS)
+
+predict: $(STAMP) ## Segment NIfTI volumes: make predict CKPT=<.ckpt> INPUT=<.nii.gz file or folder> OUTPUT=<folder>
+	@test -f "$(RUN_CKPT)" || { echo "make predict: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>)" >&2; exit 2; }
+	$(PY) -m lightning_app.predict --ckpt $(RUN_CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
 
 bench-losses: $(STAMP) ## Time every loss preset against MONAI's DiceLoss and DiceCELoss (CPU)
 	$(PY) scripts/bench_losses.py

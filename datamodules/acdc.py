@@ -106,6 +106,7 @@ class ACDCDataModule(SliceDataModule):
     """
 
     dataset_name = "acdc"
+    slice_axis = "acquisition"
     default_class_names = ACDC_CLASS_NAMES
     default_channel_names = ("cine_mri",)
 
@@ -178,7 +179,7 @@ class ACDCDataModule(SliceDataModule):
     def _load_case(self, spec: CaseSpec) -> CaseData:
         _, image_path, label_path = spec.files
         (frame,), label, affine, spacing, attrs = load_nifti_case(
-            spec.case_id, [image_path], label_path, len(self.class_names), "acquisition"
+            spec.case_id, [image_path], label_path, len(self.class_names), self.slice_axis
         )
         return CaseData(
             image=self.preprocess_image(frame[None]),

@@ -275,6 +275,7 @@ class _H5Dataset(Dataset):
             self.cases: list[str] = sorted(f.keys())
             self.depths = np.array([f[c]["label"].shape[0] for c in self.cases], dtype=np.int64)
             self.spacings = [np.asarray(f[c].attrs["spacing"], np.float64) for c in self.cases]
+            self.geometry = [_case_geometry(f[c].attrs) for c in self.cases]
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._handles: list[tuple[h5py.Dataset, h5py.Dataset, bool]] = []
@@ -364,11 +365,25 @@ class SliceDataset(_H5Dataset):
         return {"image": torch.from_numpy(image), "label": torch.from_numpy(label.astype(np.int64))}
 
 
+def _case_geometry(attrs: Any) -> dict[str, Any]:
+    """A case's geometry for writing predictions back: ``affine`` (4, 4) of the stored
+    (D, H, W) array, ``raw_affine`` (4, 4) of the raw NIfTI grid (NaN-filled when the case did
+    not come from NIfTI) and the ``slice_axis`` rule used to reorient it."""
+    nan = np.full((4, 4), np.nan)
+    return {
+        "affine": torch.from_numpy(np.asarray(attrs.get("affine", nan), np.float64).copy()),
+        "raw_affine": torch.from_numpy(np.asarray(attrs.get("raw_affine", nan), np.float64).copy()),
+        "slice_axis": str(attrs.get("slice_axis", "superior")),
+    }
+
+
 class VolumeDataset(_H5Dataset):
     """Whole cases at native resolution (test / predict).
 
     Item: ``{"image": float32 (C, D, H, W), "label": int64 (D, H, W), "spacing": float64 (3,),
-    "case": str, "index": int}``; ``index`` is the case's position in the split file.
+    "case": str, "index": int, "affine": float64 (4, 4), "raw_affine": float64 (4, 4),
+    "slice_axis": str}``; ``index`` is the case's position in the split file; the geometry
+    keys are those of :func:`_case_geometry`.
     """
 
     def __len__(self) -> int:
@@ -383,6 +398,7 @@ class VolumeDataset(_H5Dataset):
             "spacing": torch.from_numpy(self.spacings[index].copy()),
             "case": self.cases[index],
             "index": index,
+            **self.geometry[index],
         }
 
 
@@ -412,6 +428,8 @@ class SliceDataModule(L.LightningDataModule):
     """
 
     dataset_name: str = ""
+    #: how raw NIfTI volumes are reoriented (see ``datamodules.nifti.raw_to_canonical``)
+    slice_axis: str = "superior"
     default_class_names: tuple[str, ...] = ()
     default_channel_names: tuple[str, ...] = ()
 
@@ -428,6 +446,9 @@ class SliceDataModule(L.LightningDataModule):
         progress: bool = True,
     ) -> None:
         super().__init__()
+        # stored in checkpoints (datamodule_hyper_parameters), so `lightning_app.predict` can
+        # rebuild the datamodule's intensity preprocessing from a checkpoint alone
+        self.save_hyperparameters()
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"Expected argument `image_size` to be an int >= 8, got {image_size}")
         if not isinstance(batch_size, int) or batch_size < 1:

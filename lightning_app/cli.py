@@ -2,8 +2,13 @@
 
 :class:`SegmentationCLI` is a plain ``LightningCLI`` that
 
-- links ``data.num_classes``, ``data.class_names``, ``data.in_channels`` into the model
-  (``apply_on="instantiate"``: read from the datamodule object right after it is built);
+- links ``data.num_classes``, ``data.class_names``, ``data.in_channels``, ``data.image_size``
+  into the model (``apply_on="instantiate"``: read from the datamodule object right after it is
+  built);
+- always adds the test report callback (:class:`lightning_app.reports.TestReport`, options
+  ``--report.*``): ``test`` writes ``per_case.csv`` and ``summary.md`` into the run directory
+  (``--report.save_predictions=true``: also ``predictions/<case>.nii.gz``); the poster table's
+  row is named after the loss preset;
 - gives every run its own directory (the *run directory*, ``trainer.default_root_dir``)::
 
       logs/<dataset>/<loss>/<run name>/
@@ -44,6 +49,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightning_app.loggers import resolve_wandb_mode
+from lightning_app.reports import TestReport
 from models import SegmentationModel
 
 __all__ = ["SegmentationCLI", "main", "RUN_NAME_ENV", "dataset_name", "loss_name", "run_name"]
@@ -75,12 +81,18 @@ def dataset_name(cfg: Namespace) -> str:
 
 def loss_name(cfg: Namespace) -> str:
     """The loss preset name: the stem of the last ``--config`` file inside a ``loss`` folder
-    (``configs/loss/ce_topk_dice.yaml -> ce_topk_dice``), else the snake-cased class name of
+    (``configs/loss/ce_topk_dice.yaml -> ce_topk_dice``), else the ``<loss>`` folder of a run's
+    saved config given with ``--config`` (``logs/<dataset>/<loss>/<run>/config.yaml``, so
+    ``test --config <run>/config.yaml`` keeps the name), else the snake-cased class name of
     ``model.loss`` (``TopKDiceLoss -> top_k_dice_loss``)."""
-    for path in reversed(list(cfg.get("config") or [])):
-        p = Path(str(getattr(path, "absolute", None) or path))
+    paths = [Path(str(getattr(p, "absolute", None) or p)) for p in cfg.get("config") or []]
+    for p in reversed(paths):
         if p.parent.name == "loss":
             return p.stem
+    dataset = dataset_name(cfg)
+    for p in reversed(paths):
+        if p.name == "config.yaml" and p.parent.parent.parent.name == dataset:
+            return p.parent.parent.name
     loss = (cfg.get("model") or Namespace()).get("loss")
     name = _class_name(getattr(loss, "class_path", None))
     return _snake(name) if name else "loss"
@@ -143,8 +155,10 @@ class SegmentationCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for attr in ("num_classes", "class_names", "in_channels"):
+        for attr in ("num_classes", "class_names", "in_channels", "image_size"):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+        # always-on test report (per_case.csv, summary.md): --report.save_predictions=true
+        parser.add_lightning_class_args(TestReport, "report")
 
     # ---------------------------------------------------------------- run directory
     def _sub_config(self, config: Namespace) -> Namespace:
@@ -206,6 +220,8 @@ class SegmentationCLI(LightningCLI):
             if _is(cb, ("ModelCheckpoint",)):
                 if cb.init_args.get("dirpath") is None:
                     cb.init_args.dirpath = os.path.join(run_dir, "checkpoints")
+        if cfg.get("report") is not None and cfg.report.get("label") is None:
+            cfg.report.label = info["loss"]  # the poster table's row name
         return config
 
     def instantiate_classes(self) -> None:

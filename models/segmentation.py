@@ -8,12 +8,19 @@ Data flow per training step (B slices, C classes, H x W pixels)::
 Validation pools a per-class confusion matrix over the whole validation set
 (:class:`models.scores.PooledDiceIoU`) and logs ``val/dice/<class>``, ``val/iou/<class>`` and the
 foreground means ``val/dice/mean``, ``val/iou/mean``.
+
+Test segments each whole volume slice by slice at the training size
+(:func:`models.inference.predict_volume`), scores every case with
+:class:`models.evaluation.CaseEvaluator` (Dice, IoU, HD95, precision, recall per class; exact
+under DDP) and logs ``test/<metric>/<class>`` and ``test/<metric>/mean``; the full table is
+left in ``test_results`` for the report callback (``lightning_app.reports.TestReport``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import segmentation_models_pytorch as smp
@@ -22,6 +29,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, PolynomialLR
 
+from models.evaluation import CaseEvaluator, TestResults
+from models.inference import predict_volume
 from models.scores import PooledDiceIoU
 
 __all__ = ["SegmentationModel", "metric_key", "OptimizerFactory", "SchedulerFactory"]
@@ -77,10 +86,22 @@ class SegmentationModel(L.LightningModule):
             ``lr_t = lr_0 (1 - t / T)^0.9``.
         model_kwargs: extra keyword arguments for ``smp.create_model`` (e.g.
             ``decoder_channels``).
+        image_size: training slice size ``S`` (linked from the datamodule); test volumes are
+            resized slice by slice to ``S x S`` and the labels back (nearest). ``None``: slices
+            go in at their native size.
+        test_protocol: empty-mask and HD95 conventions of the test metrics, ``"default"``
+            (undefined = NaN, left out of the means; HD95 in mm) or ``"transunet"``
+            (TransUNet's, comparable with published tables); see ``models.metrics``.
+        inference_batch_size: slices per forward pass at test time (memory knob).
+
+    ``test_protocol`` and ``inference_batch_size`` are evaluation settings, not saved in the
+    checkpoint's hyperparameters, so ``test --ckpt_path ... --model.test_protocol=transunet``
+    takes effect (the CLI lets a checkpoint's hyperparameters override the command line).
 
     Raises:
         ValueError: on an unknown architecture, ``num_classes < 2``, ``in_channels < 1`` or
-            ``len(class_names) != num_classes``.
+            ``len(class_names) != num_classes``, an unknown ``test_protocol`` or
+            ``inference_batch_size < 1``.
         TypeError: if ``loss`` is not an ``nn.Module``.
     """
 
@@ -96,6 +117,9 @@ class SegmentationModel(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         model_kwargs: dict | None = None,
+        image_size: int | None = None,
+        test_protocol: Literal["default", "transunet"] = "default",
+        inference_batch_size: int = 32,
     ) -> None:
         super().__init__()
         if not isinstance(loss, nn.Module):
@@ -130,7 +154,15 @@ class SegmentationModel(L.LightningModule):
                 f"Expected argument `arch` to be a segmentation_models_pytorch architecture "
                 f"({', '.join(known)}), but got {arch!r}"
             )
-        self.save_hyperparameters(ignore=["loss"])
+        if not isinstance(inference_batch_size, int) or inference_batch_size < 1:
+            raise ValueError(
+                "Expected argument `inference_batch_size` to be an int >= 1, but got "
+                f"{inference_batch_size!r}"
+            )
+        self.test_evaluator = CaseEvaluator(num_classes, class_names, test_protocol)
+        self.inference_batch_size = inference_batch_size
+        self.test_results: TestResults | None = None
+        self.save_hyperparameters(ignore=["loss", "test_protocol", "inference_batch_size"])
         self.class_names = class_names
         self.class_keys = keys
         self.num_classes = num_classes
@@ -213,6 +245,48 @@ class SegmentationModel(L.LightningModule):
             self.log(
                 f"val/{metric}/mean", scores[f"{metric}_mean"].float(), prog_bar=metric == "dice"
             )
+
+    # ------------------------------------------------------------------ test
+    def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
+        """Labels of a whole volume: ``image`` (C_in, D, H, W) -> int64 (D, H, W), slice by
+        slice at ``image_size`` (see :func:`models.inference.predict_volume`)."""
+        return predict_volume(self, image, self.hparams.image_size, self.inference_batch_size)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_evaluator.reset()
+        self.test_results = None
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """One whole case per batch (``image`` (1, C_in, D, H, W), ``label`` (1, D, H, W),
+        ``spacing`` (1, 3), ``case``, ``index``); returns ``{"pred": (D, H, W)}`` for the
+        report callback."""
+        image = batch["image"]
+        if image.ndim != 5 or image.shape[0] != 1:
+            raise ValueError(
+                "Expected test batches of one volume, image (1, C, D, H, W), but got "
+                f"{tuple(image.shape)}"
+            )
+        pred = self.predict_volume(image[0])
+        self.test_evaluator.update(
+            pred, batch["label"][0], batch["spacing"][0], batch["case"][0], int(batch["index"][0])
+        )
+        return {"pred": pred}
+
+    def on_test_epoch_end(self) -> None:
+        # every process gets the whole deduplicated table, so the values agree on all ranks:
+        # a max-sync leaves them unchanged (and spares Lightning's unsynced-epoch warning)
+        self.test_results = self.test_evaluator.compute()
+        for key, value in self.test_results.scalars(self.class_keys[1:]).items():
+            self.log(key, value, sync_dist=True, reduce_fx="max")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """The CLI's ``predict`` on the datamodule's volumes (test batch format): returns
+        ``{"case": str, "index": int, "pred": int64 (D, H, W)}`` per volume."""
+        return {
+            "case": batch["case"][0],
+            "index": int(batch["index"][0]),
+            "pred": self.predict_volume(batch["image"][0]),
+        }
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict:

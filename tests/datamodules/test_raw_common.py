@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.base import VolumeDataset
+from datamodules.nifti import canonical_to_raw
+from datamodules.synapse import _LUT as BTCV_LUT
 from tests.datamodules.conftest import RAW_SHAPE, Fake, write_nifti
 
 SPLITS = ("train", "val", "test")
@@ -217,3 +220,19 @@ def test_attributes_before_prepare(fake: Fake) -> None:
     assert dm.num_classes == len(dm.class_names) and dm.class_names[0] == "background"
     assert dm.in_channels >= 1 and dm.image_size == 16
     assert not os.path.exists(fake.data_dir)
+
+
+def test_volume_items_carry_raw_geometry(fake: Fake) -> None:
+    # a case's stored label, put back on the raw grid with the item's geometry, is the raw label
+    dm = fake.dm()
+    dm.prepare_data()
+    dataset = VolumeDataset(dm.split_path("train"))
+    item = dataset[dataset.cases.index(fake.case)]
+    raw = nib.load(str(fake.label))
+    raw_label = np.asarray(raw.dataobj).astype(np.uint8)
+    if fake.name == "synapse":
+        raw_label = BTCV_LUT[raw_label]
+    assert item["slice_axis"] == dm.slice_axis
+    assert np.allclose(item["raw_affine"].numpy(), raw.affine)
+    back = canonical_to_raw(item["label"].numpy(), item["raw_affine"].numpy(), item["slice_axis"])
+    assert np.array_equal(back, raw_label)
