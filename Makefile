@@ -11,6 +11,9 @@ LOSS    ?= ce_topk_dice
 DATASET ?= phantom
 ARGS    ?=
 CKPT    ?= last
+SEEDS   ?=
+LOSSES  ?= ce ce_dice focal_dice topk_ce_dice ce_topk_dice
+K       ?= 5 10 20 50 100
 INPUT   ?=
 OUTPUT  ?= predictions
 
@@ -25,7 +28,8 @@ EVAL_CONFIGS = $(if $(wildcard $(RUN_CONFIG)),--config $(RUN_CONFIG),--config co
 help: ## List every target with its description
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo ""
-	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) ARGS='<Lightning CLI overrides>'"
+	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) CKPT=$(CKPT) SEEDS=$(SEEDS) LOSSES='$(LOSSES)' K='$(K)'"
+	@echo "           INPUT= OUTPUT=$(OUTPUT) ARGS='<Lightning CLI overrides>'"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +63,15 @@ eval: $(STAMP) ## Test a checkpoint (per_case.csv, summary.md, W&B): make eval C
 predict: $(STAMP) ## Segment NIfTI volumes: make predict CKPT=<.ckpt> INPUT=<.nii.gz file or folder> OUTPUT=<folder>
 	@test -f "$(RUN_CKPT)" || { echo "make predict: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>)" >&2; exit 2; }
 	$(PY) -m lightning_app.predict --ckpt $(RUN_CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
+
+compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice"
+	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) -- $(ARGS)
+
+sweep-k: $(STAMP) ## CE + topK-Dice for each K; results/$(DATASET)/sweep_k.md: make sweep-k K="5 10 20 50 100"
+	$(PY) -m lightning_app.compare sweep-k --dataset $(DATASET) --k $(K) $(if $(SEEDS),--seeds $(SEEDS)) -- $(ARGS)
+
+bench: $(STAMP) ## Run every bench-* script (scripts/bench_*.py) and write one report, results/bench.md
+	$(PY) scripts/bench_all.py
 
 bench-losses: $(STAMP) ## Time every loss preset against MONAI's DiceLoss and DiceCELoss (CPU)
 	$(PY) scripts/bench_losses.py
