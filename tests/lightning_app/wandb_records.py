@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,30 @@ def read_records(path: Path) -> list[Any]:
     return records
 
 
+def finished_records(run_dir: Path, timeout: float = 60.0) -> list[Any]:
+    """The records of the offline run in ``run_dir`` once its final ``exit`` record is written.
+
+    W&B 0.31 may return from ``run.finish()`` before its service has flushed the record log,
+    so this polls until the log is complete (a partly written log may not parse yet).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        files = list(Path(run_dir).glob("run-*.wandb"))
+        try:
+            records = read_records(files[0]) if len(files) == 1 else []
+        except Exception:  # a record cut off mid-write: try again
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"No complete W&B record log in {run_dir} after {timeout} s")
+        time.sleep(0.2)
+
+
 def history_and_summary(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``(history rows, summary)`` of the offline run in ``run_dir`` (``offline-run-*``)."""
-    (wandb_file,) = Path(run_dir).glob("run-*.wandb")
     history, summary = [], {}
-    for rec in read_records(wandb_file):
+    for rec in finished_records(run_dir):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
             row = {}
@@ -65,8 +85,7 @@ def history_and_summary(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, 
 
 def run_meta(run_dir: Path) -> dict[str, Any]:
     """``{"id", "project", "group", "tags", "display_name"}`` of the run record."""
-    (wandb_file,) = Path(run_dir).glob("run-*.wandb")
-    for rec in read_records(wandb_file):
+    for rec in finished_records(run_dir):
         if rec.WhichOneof("record_type") == "run":
             r = rec.run
             return {
@@ -76,4 +95,4 @@ def run_meta(run_dir: Path) -> dict[str, Any]:
                 "tags": list(r.tags),
                 "display_name": r.display_name,
             }
-    raise ValueError(f"no run record in {wandb_file}")
+    raise ValueError(f"no run record in {run_dir}")
