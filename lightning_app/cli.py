@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
+from jsonargparse import ActionYesNo, Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -159,6 +159,12 @@ class SegmentationCLI(LightningCLI):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
         # always-on test report (per_case.csv, summary.md): --report.save_predictions=true
         parser.add_lightning_class_args(TestReport, "report")
+        parser.add_argument(
+            "--save_predictions",
+            action=ActionYesNo,
+            default=False,
+            help="test: also write each case's predicted mask (same as --report.save_predictions)",
+        )
 
     # ---------------------------------------------------------------- run directory
     def _sub_config(self, config: Namespace) -> Namespace:
@@ -220,8 +226,11 @@ class SegmentationCLI(LightningCLI):
             if _is(cb, ("ModelCheckpoint",)):
                 if cb.init_args.get("dirpath") is None:
                     cb.init_args.dirpath = os.path.join(run_dir, "checkpoints")
-        if cfg.get("report") is not None and cfg.report.get("label") is None:
-            cfg.report.label = info["loss"]  # the poster table's row name
+        if cfg.get("report") is not None:
+            if cfg.report.get("label") is None:
+                cfg.report.label = info["loss"]  # the poster table's row name
+            if cfg.get("save_predictions"):
+                cfg.report.save_predictions = True
         return config
 
     def instantiate_classes(self) -> None:

@@ -123,7 +123,7 @@ def test_eval_writes_reports_checked_against_medpy(
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(root))
     out = root / "eval_default"
-    cli = SegmentationCLI(args=_test_args(trained, out, "--report.save_predictions=true"))
+    cli = SegmentationCLI(args=_test_args(trained, out, "--save_predictions"))
     rows = _read_csv(out / "per_case.csv")
     truth = _labels(root)
     cases = sorted(truth)
