@@ -655,18 +655,20 @@ class SliceDataModule(L.LightningDataModule):
     def _write_case(self, f: h5py.File, case_id: str, case: CaseData) -> None:
         c, d, h, w = case.image.shape
         g = f.create_group(case_id)
-        g.create_dataset(
-            "image",
-            data=np.ascontiguousarray(case.image, dtype=np.float32),
-            chunks=(c, 1, h, w),
-            compression=self.compression,
-        )
-        g.create_dataset(
-            "label",
-            data=np.ascontiguousarray(case.label, dtype=np.uint8),
-            chunks=(1, h, w),
-            compression=self.compression,
-        )
+        for name, array, chunks in (
+            ("image", np.ascontiguousarray(case.image, dtype=np.float32), (c, 1, h, w)),
+            ("label", np.ascontiguousarray(case.label, dtype=np.uint8), (1, h, w)),
+        ):
+            # every chunk is written at once below: skip HDF5's fill of new chunks
+            dataset = g.create_dataset(
+                name,
+                shape=array.shape,
+                dtype=array.dtype,
+                chunks=chunks,
+                compression=self.compression,
+                fill_time="never",
+            )
+            dataset.write_direct(array)
         g.attrs["spacing"] = np.asarray(case.spacing, dtype=np.float64)
         g.attrs["affine"] = np.asarray(case.affine, dtype=np.float64)
         for key, value in case.attrs.items():

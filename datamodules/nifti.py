@@ -35,6 +35,13 @@ __all__ = [
     "save_nifti_like",
 ]
 
+try:  # ISA-L: about 1.7x faster gzip decompression than zlib, identical output
+    from isal.igzip import decompress as _gunzip
+    from isal.isal_zlib import error as _GunzipError
+except ImportError:  # pragma: no cover - isal is a dependency; plain zlib still works
+    from gzip import decompress as _gunzip
+    from zlib import error as _GunzipError
+
 # Voxel order (x, y, z) -> array order (z, y, x).
 _TO_DHW = (2, 1, 0)
 _RAS = axcodes2ornt(("R", "A", "S"))
@@ -55,15 +62,17 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"NIfTI file not found: {path}")
     try:
-        img = nib.load(str(path))
+        img = _load_image(path)
         data = np.asanyarray(img.dataobj)
     except (
         OSError,
         EOFError,
         ValueError,
         zlib.error,
+        _GunzipError,
         gzip.BadGzipFile,
         nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
     ) as exc:
         raise ValueError(
             f"Cannot read NIfTI file {path}: it is corrupt or truncated ({type(exc).__name__}: "
@@ -74,6 +83,23 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim != 3:
         raise ValueError(f"Expected a 3D volume in {path}, got shape {data.shape}.")
     return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def _load_image(path: Path) -> nib.spatialimages.SpatialImage:
+    """``nib.load``, except that a gzipped single-file NIfTI is decompressed in one call.
+
+    Decompression dominates preprocessing: one call over the whole file with ISA-L (``isal``,
+    a dependency; the standard library's ``gzip`` where it is missing) takes about half the time
+    of nibabel's streamed zlib reading.
+    """
+    if path.name.endswith(".nii.gz"):
+        raw = _gunzip(path.read_bytes())
+        sizeof_hdr = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
+        if sizeof_hdr not in (348, 540):  # big-endian or not NIfTI: let nibabel decide
+            sizeof_hdr = int.from_bytes(raw[:4], "big")
+        image_class = nib.Nifti2Image if sizeof_hdr == 540 else nib.Nifti1Image
+        return image_class.from_bytes(raw)
+    return nib.load(str(path))
 
 
 def _ornt_to_canonical(affine: np.ndarray, slice_axis: str = "superior") -> np.ndarray:
