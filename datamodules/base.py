@@ -447,8 +447,9 @@ class SliceDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         # stored in checkpoints (datamodule_hyper_parameters), so `lightning_app.predict` can
-        # rebuild the datamodule's intensity preprocessing from a checkpoint alone
-        self.save_hyperparameters()
+        # rebuild the datamodule's intensity preprocessing from a checkpoint alone; image_size
+        # is the model's (linked), and Lightning refuses two different values under one key
+        self.save_hyperparameters(ignore=["image_size"])
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"Expected argument `image_size` to be an int >= 8, got {image_size}")
         if not isinstance(batch_size, int) or batch_size < 1:

@@ -87,8 +87,9 @@ class SegmentationModel(L.LightningModule):
         model_kwargs: extra keyword arguments for ``smp.create_model`` (e.g.
             ``decoder_channels``).
         image_size: training slice size ``S`` (linked from the datamodule); test volumes are
-            resized slice by slice to ``S x S`` and the labels back (nearest). ``None``: slices
-            go in at their native size.
+            resized slice by slice to ``S x S`` and the labels back (nearest). ``None``: taken
+            from the trainer's datamodule at ``setup`` if it has one, else slices go in at
+            their native size.
         test_protocol: empty-mask and HD95 conventions of the test metrics, ``"default"``
             (undefined = NaN, left out of the means; HD95 in mm) or ``"transunet"``
             (TransUNet's, comparable with published tables); see ``models.metrics``.
@@ -181,6 +182,12 @@ class SegmentationModel(L.LightningModule):
         self.val_scores = PooledDiceIoU(num_classes)
 
     # ------------------------------------------------------------------ forward / loss
+    def setup(self, stage: str) -> None:
+        """Adopt the datamodule's ``image_size`` when none was given (outside the CLI)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if self.hparams.get("image_size") is None and hasattr(datamodule, "image_size"):
+            self.hparams.image_size = datamodule.image_size
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``image`` (B, C_in, H, W) -> ``logits`` (B, C, H, W); H, W must suit the encoder
         (multiples of 32 for the ResNet Unet)."""

@@ -182,3 +182,27 @@ def test_bad_arguments(random_dm: RandomSliceDataModule) -> None:
     tr = trainer(max_epochs=-1, max_steps=-1, limit_val_batches=0)
     with pytest.raises(ValueError, match="finite fit length"):
         tr.fit(model, random_dm)
+
+
+def test_fit_outside_the_cli_adopts_the_datamodule_image_size(tmp_path) -> None:
+    # Trainer.fit(model, datamodule) with a logger merges both hparams: no clash on image_size
+    import lightning as L
+
+    from datamodules import PhantomDataModule
+    from losses import build_loss
+
+    dm = PhantomDataModule(
+        data_dir=str(tmp_path / "phantom"), num_train=1, num_val=1, num_test=1,
+        volume_shape=(4, 32, 32), image_size=32, batch_size=2, num_workers=0, progress=False,
+    )  # fmt: skip
+    model = SegmentationModel(
+        loss=build_loss("ce_dice"), in_channels=dm.in_channels, num_classes=dm.num_classes,
+        class_names=dm.class_names, model_kwargs={"encoder_depth": 3, "decoder_channels": (16, 8, 4)},
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, limit_val_batches=1, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+        logger=L.pytorch.loggers.CSVLogger(str(tmp_path / "logs")),
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    assert model.hparams.image_size == 32
