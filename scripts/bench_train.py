@@ -11,14 +11,18 @@ process, one after the other:
 
 Throughput is slices per second over the timed training steps (after ``--warmup`` steps);
 validation (metrics, W&B panels) runs after the timed window and is reported on its own line.
-Target: Trainer / bare >= 0.9.
+Target: Trainer / bare >= 0.9. Both sides run on the same device with the same precision and
+memory format (``--accelerator``, ``--precision``, ``--channels-last``).
 
     .venv/bin/python scripts/bench_train.py [--steps 30 --batch-size 16 --image-size 128]
+    .venv/bin/python scripts/bench_train.py --accelerator gpu --precision bf16-mixed \
+        --channels-last --batch-size 24 --image-size 224        # the GPU recipe
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -68,38 +72,75 @@ def make_model(dm: PhantomDataModule, loss: str) -> SegmentationModel:
     )
 
 
-def bare(dm: PhantomDataModule, loss: str, warmup: int, steps: int) -> float:
+class ChannelsLast(L.Callback):
+    """Put the model and every training/validation image in channels_last memory format."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.to(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0) -> None:
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+
+
+def bare(dm: PhantomDataModule, loss: str, warmup: int, steps: int, args) -> float:
     """Slices/s of forward + loss + backward + SGD step + poly step on preloaded batches."""
     torch.manual_seed(0)
-    model = make_model(dm, loss)
+    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = make_model(dm, loss).to(device, memory_format=memory_format)
     net, criterion = model.net, model.loss
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=warmup + steps, power=0.9)
     batches = []
     for batch in dm.train_dataloader():
-        batches.append(batch)
+        image = batch["image"].to(device).contiguous(memory_format=memory_format)
+        batches.append((image, batch["label"].to(device)))
         if len(batches) == warmup + steps:
             break
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if args.precision == "bf16-mixed"
+        else contextlib.nullcontext()
+    )
     net.train()
     slices, t0 = 0, 0.0
-    for i, batch in enumerate(batches):
+    for i, (image, label) in enumerate(batches):
         if i == warmup:
+            _sync(device)
             t0 = time.perf_counter()
         if hasattr(criterion, "set_step"):
             criterion.set_step(i)
-        logits = net(batch["image"])
-        value = criterion(logits.float(), batch["label"])
+        with autocast:
+            logits = net(image)
+        value = criterion(logits.float(), label)
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
         sched.step()
         if i >= warmup:
-            slices += batch["image"].shape[0]
+            slices += image.shape[0]
+    _sync(device)
     return slices / (time.perf_counter() - t0)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class CudaSync(L.Callback):
+    """Synchronise the GPU at the timer's edges so the timed window holds the work."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
 def trainer_fit(
-    dm: PhantomDataModule, loss: str, warmup: int, steps: int, workdir: str
+    dm: PhantomDataModule, loss: str, warmup: int, steps: int, workdir: str, args
 ) -> tuple[float, float]:
     """(train slices/s through Trainer.fit, seconds of the validation pass)."""
     torch.manual_seed(0)
@@ -108,16 +149,18 @@ def trainer_fit(
     loggers = [L.pytorch.loggers.CSVLogger(workdir, name="csv")]
     if os.environ.get("WANDB_MODE", "offline") != "disabled":
         loggers.insert(0, WandbLogger(save_dir=workdir, offline=True, project="bench"))
+    callbacks = [CudaSync(), timer] + ([ChannelsLast()] if args.channels_last else [])
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=1,
+        precision=args.precision,
         max_epochs=1,
         limit_train_batches=warmup + steps,
         limit_val_batches=4,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
         logger=loggers,
-        callbacks=[timer],
+        callbacks=callbacks,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -136,6 +179,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--data-dir", default=None, help="phantom HDF5 folder (default: temp)")
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -156,13 +202,14 @@ def main() -> None:
                 f"but got {args.warmup + args.steps}"
             )
         # bare before and after the fit; the faster is the reference (the machine may be shared)
-        ref_before = bare(dm, args.loss, args.warmup, args.steps)
-        fit, val_s = trainer_fit(dm, args.loss, args.warmup, args.steps, tmp)
-        ref = max(ref_before, bare(dm, args.loss, args.warmup, args.steps))
+        ref_before = bare(dm, args.loss, args.warmup, args.steps, args)
+        fit, val_s = trainer_fit(dm, args.loss, args.warmup, args.steps, tmp, args)
+        ref = max(ref_before, bare(dm, args.loss, args.warmup, args.steps, args))
 
-    device = "cuda" if torch.cuda.is_available() else "cpu (no GPU in this run)"
+    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "cpu"
     print(
-        f"device: {device}, torch threads: {torch.get_num_threads()}, loss: {args.loss}, "
+        f"device: {device}, precision: {args.precision}, channels_last: {args.channels_last}, "
+        f"torch threads: {torch.get_num_threads()}, loss: {args.loss}, "
         f"batch {args.batch_size} x {args.image_size}^2, {args.steps} timed steps, "
         f"{args.num_workers} workers"
     )
