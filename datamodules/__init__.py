@@ -1,6 +1,6 @@
 """LightningDataModules: raw volumes -> HDF5 (one group per case) -> 2D slices / 3D volumes.
 
-See ``datamodules.base`` for the HDF5 layout and ``datamodules.nifti`` for orientation.
+See ``datamodules.hdf5`` for the HDF5 layout and ``datamodules.nifti`` for orientation.
 """
 
 from datamodules.acdc import ACDCDataModule

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from datamodules.base import CaseData, CaseSpec, SliceDataModule, load_nifti_case
+from datamodules.base import SliceDataModule
+from datamodules.raw import CaseData, CaseSpec, load_nifti_case
 
 __all__ = ["ACDC_CLASS_NAMES", "ACDCDataModule", "normalize_zscore", "read_split_file"]
 

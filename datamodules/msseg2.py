@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from datamodules.acdc import normalize_zscore
-from datamodules.base import CaseData, CaseSpec, SliceDataModule, load_nifti_case
+from datamodules.base import SliceDataModule
+from datamodules.raw import CaseData, CaseSpec, load_nifti_case
 
 __all__ = ["MSSEG2_CLASS_NAMES", "MSSEG2DataModule"]
 

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from datamodules.base import CaseData, CaseSpec, SliceDataModule
+from datamodules.base import SliceDataModule
+from datamodules.raw import CaseData, CaseSpec
 
 __all__ = ["PHANTOM_CLASS_NAMES", "PhantomDataModule", "generate_phantom"]
 

@@ -30,14 +30,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from datamodules.base import (
-    CaseData,
-    CaseSpec,
-    SliceDataModule,
-    check_finite,
-    check_label_values,
-    load_nifti_case,
-)
+from datamodules.base import SliceDataModule
+from datamodules.raw import CaseData, CaseSpec, check_finite, check_label_values, load_nifti_case
 
 __all__ = [
     "BTCV_TO_TRANSUNET",

@@ -47,8 +47,8 @@ import yaml
 from lightning.pytorch import LightningDataModule
 from torch import nn
 
-from datamodules.base import check_finite, check_same_geometry
 from datamodules.nifti import raw_to_canonical, read_nifti, save_nifti_like
+from datamodules.raw import check_finite, check_same_geometry
 from models import SegmentationModel
 from models.inference import predict_volume
 

@@ -21,7 +21,8 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from datamodules import SynapseDataModule
-from datamodules.base import SliceDataset, build_train_transform
+from datamodules.hdf5 import SliceDataset
+from datamodules.transforms import build_train_transform
 
 
 def write_case(root: Path, shape: tuple[int, int, int], rng: np.random.Generator) -> None:

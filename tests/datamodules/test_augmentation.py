@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datamodules.base import build_train_transform
+from datamodules.transforms import build_train_transform
 
 
 def test_train_augmentation_follows_transunet_probabilities():

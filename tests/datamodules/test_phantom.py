@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from datamodules import PhantomDataModule, generate_phantom
-from datamodules.base import SliceDataset, build_eval_transform, build_train_transform
+from datamodules.hdf5 import SliceDataset
+from datamodules.transforms import build_eval_transform, build_train_transform
 
 SMALL = {
     "num_train": 2,

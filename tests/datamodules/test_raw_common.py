@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.base import VolumeDataset
+from datamodules.hdf5 import VolumeDataset
 from datamodules.nifti import canonical_to_raw
 from datamodules.synapse import _LUT as BTCV_LUT
 from tests.datamodules.conftest import RAW_SHAPE, Fake, write_nifti
