@@ -27,6 +27,7 @@ import yaml
 
 from datamodules.base import SliceDataModule
 from datamodules.raw import CaseData, CaseSpec, load_nifti_case
+from datamodules.transforms import DataProtocol
 
 __all__ = ["ACDC_CLASS_NAMES", "ACDCDataModule", "normalize_zscore", "read_split_file"]
 
@@ -102,8 +103,8 @@ class ACDCDataModule(SliceDataModule):
         raw_dir: the release root (default ``data/raw/acdc``).
         split_file: YAML split of patient names (default ``configs/splits/acdc.yaml``,
             relative to the working directory).
-        image_size, batch_size, num_workers, seed, compression, pin_memory, progress: see
-            :class:`~datamodules.base.SliceDataModule`.
+        image_size, batch_size, num_workers, seed, compression, pin_memory, progress,
+            protocol: see :class:`~datamodules.base.SliceDataModule`.
     """
 
     dataset_name = "acdc"
@@ -123,6 +124,7 @@ class ACDCDataModule(SliceDataModule):
         compression: str | None = None,
         pin_memory: bool = False,
         progress: bool = True,
+        protocol: DataProtocol = "default",
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -134,6 +136,7 @@ class ACDCDataModule(SliceDataModule):
             compression=compression,
             pin_memory=pin_memory,
             progress=progress,
+            protocol=protocol,
         )
         self.split_file = Path(split_file)
 

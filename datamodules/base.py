@@ -23,7 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.hdf5 import FORMAT_VERSION, SPLITS, SliceDataset, VolumeDataset
 from datamodules.raw import CaseData, CaseSpec, check_finite
-from datamodules.transforms import build_eval_transform, build_train_transform
+from datamodules.transforms import (
+    DataProtocol,
+    build_eval_transform,
+    build_train_transform,
+    check_protocol,
+)
 
 __all__ = ["SliceDataModule"]
 
@@ -48,6 +53,9 @@ class SliceDataModule(L.LightningDataModule):
             disk use of CT data for about half the loader throughput.
         pin_memory: pin DataLoader batches (useful on GPU).
         progress: show a rich progress bar per case while preprocessing.
+        protocol: ``"default"`` (aligned OpenCV resize, then augmentation at the small size) or
+            ``"transunet"`` (TransUNet's ``RandomGenerator`` with scipy, step by step); see
+            ``datamodules.transforms``. The model's ``test_protocol`` follows it unless set.
     """
 
     dataset_name: str = ""
@@ -67,6 +75,7 @@ class SliceDataModule(L.LightningDataModule):
         compression: str | None = None,
         pin_memory: bool = False,
         progress: bool = True,
+        protocol: DataProtocol = "default",
     ) -> None:
         super().__init__()
         # stored in checkpoints (datamodule_hyper_parameters), so `lightning_app.predict` can
@@ -85,6 +94,7 @@ class SliceDataModule(L.LightningDataModule):
             raise ValueError(
                 f"Expected argument `compression` to be None, 'lzf' or 'gzip', got {compression!r}"
             )
+        self.protocol = check_protocol(protocol)
         self.data_dir = Path(data_dir)
         self.raw_dir = None if raw_dir is None else Path(raw_dir)
         self.image_size = image_size
@@ -314,12 +324,12 @@ class SliceDataModule(L.LightningDataModule):
         if stage in (None, "fit"):
             self._check_file(self.split_path("train"))
             self.train_set = SliceDataset(
-                self.split_path("train"), build_train_transform(self.image_size)
+                self.split_path("train"), build_train_transform(self.image_size, self.protocol)
             )
         if stage in (None, "fit", "validate"):
             self._check_file(self.split_path("val"))
             self.val_set = SliceDataset(
-                self.split_path("val"), build_eval_transform(self.image_size)
+                self.split_path("val"), build_eval_transform(self.image_size, self.protocol)
             )
         if stage in (None, "test", "predict"):
             self._check_file(self.split_path("test"))

@@ -26,11 +26,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from datamodules.transforms import SliceTransform
 
 __all__ = ["FORMAT_VERSION", "SPLITS", "SliceDataset", "VolumeDataset"]
 
@@ -106,10 +107,11 @@ class _H5Dataset(Dataset):
 class SliceDataset(_H5Dataset):
     """2D slices of every case of a split file, transformed for training or validation.
 
-    Item: ``{"image": float32 (C, S, S), "label": int64 (S, S)}`` with S the transform's size.
+    Item: ``{"image": float32 (C, S, S), "label": int64 (S, S)}`` with S the transform's size
+    (``datamodules.transforms``; ``None``: the stored slice as it is).
     """
 
-    def __init__(self, path: str | Path, transform: A.Compose | None) -> None:
+    def __init__(self, path: str | Path, transform: SliceTransform | None) -> None:
         super().__init__(path)
         self.transform = transform
         self.case_index = np.repeat(np.arange(len(self.cases), dtype=np.int64), self.depths)
@@ -119,7 +121,7 @@ class SliceDataset(_H5Dataset):
         )
 
     def _on_open(self) -> None:
-        # Each worker process reseeds albumentations from its own torch seed, which Lightning /
+        # Each worker process reseeds the transform from its own torch seed, which Lightning /
         # PyTorch make distinct per worker (and per rank), so workers do not repeat each other.
         if self.transform is not None:
             self.transform.set_random_seed(torch.initial_seed() % 2**32)

@@ -26,6 +26,7 @@ import numpy as np
 from datamodules.acdc import normalize_zscore
 from datamodules.base import SliceDataModule
 from datamodules.raw import CaseData, CaseSpec, load_nifti_case
+from datamodules.transforms import DataProtocol
 
 __all__ = ["MSSEG2_CLASS_NAMES", "MSSEG2DataModule"]
 
@@ -46,8 +47,8 @@ class MSSEG2DataModule(SliceDataModule):
         raw_dir: folder of case folders (default ``data/raw/msseg2``).
         train_cases, val_cases, test_cases: explicit case ids per split, or ``None``.
         val_fraction, test_fraction: fractions for splits left ``None``.
-        image_size, batch_size, num_workers, seed, compression, pin_memory, progress: see
-            :class:`~datamodules.base.SliceDataModule`.
+        image_size, batch_size, num_workers, seed, compression, pin_memory, progress,
+            protocol: see :class:`~datamodules.base.SliceDataModule`.
     """
 
     dataset_name = "msseg2"
@@ -70,6 +71,7 @@ class MSSEG2DataModule(SliceDataModule):
         compression: str | None = None,
         pin_memory: bool = False,
         progress: bool = True,
+        protocol: DataProtocol = "default",
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -81,6 +83,7 @@ class MSSEG2DataModule(SliceDataModule):
             compression=compression,
             pin_memory=pin_memory,
             progress=progress,
+            protocol=protocol,
         )
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:

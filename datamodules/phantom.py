@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from datamodules.base import SliceDataModule
 from datamodules.raw import CaseData, CaseSpec
+from datamodules.transforms import DataProtocol
 
 __all__ = ["PHANTOM_CLASS_NAMES", "PhantomDataModule", "generate_phantom"]
 
@@ -230,8 +231,8 @@ class PhantomDataModule(SliceDataModule):
         difficulty: difficulty-imbalance knob (0 = equal high contrast, 1 = default).
         noise_std: Gaussian noise standard deviation (intensity units, tissue = 0.4).
         bias_strength: amplitude of the multiplicative bias field.
-        image_size, batch_size, num_workers, seed, compression, pin_memory, progress: see
-            :class:`~datamodules.base.SliceDataModule`.
+        image_size, batch_size, num_workers, seed, compression, pin_memory, progress,
+            protocol: see :class:`~datamodules.base.SliceDataModule`.
     """
 
     dataset_name = "phantom"
@@ -257,6 +258,7 @@ class PhantomDataModule(SliceDataModule):
         compression: str | None = None,
         pin_memory: bool = False,
         progress: bool = True,
+        protocol: DataProtocol = "default",
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -268,6 +270,7 @@ class PhantomDataModule(SliceDataModule):
             compression=compression,
             pin_memory=pin_memory,
             progress=progress,
+            protocol=protocol,
         )
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if not isinstance(value, int) or value < 0:

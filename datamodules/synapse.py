@@ -32,6 +32,7 @@ import numpy as np
 
 from datamodules.base import SliceDataModule
 from datamodules.raw import CaseData, CaseSpec, check_finite, check_label_values, load_nifti_case
+from datamodules.transforms import DataProtocol
 
 __all__ = [
     "BTCV_TO_TRANSUNET",
@@ -87,8 +88,8 @@ class SynapseDataModule(SliceDataModule):
         train_on_all: train on all of ``train_cases`` (default TransUNet's 18) including the
             validation cases, to match the paper.
         hu_window: (low, high) HU window mapped to [0, 1].
-        image_size, batch_size, num_workers, seed, compression, pin_memory, progress: see
-            :class:`~datamodules.base.SliceDataModule`.
+        image_size, batch_size, num_workers, seed, compression, pin_memory, progress,
+            protocol: see :class:`~datamodules.base.SliceDataModule`.
     """
 
     dataset_name = "synapse"
@@ -111,6 +112,7 @@ class SynapseDataModule(SliceDataModule):
         compression: str | None = None,
         pin_memory: bool = False,
         progress: bool = True,
+        protocol: DataProtocol = "default",
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -122,6 +124,7 @@ class SynapseDataModule(SliceDataModule):
             compression=compression,
             pin_memory=pin_memory,
             progress=progress,
+            protocol=protocol,
         )
         if len(hu_window) != 2 or not hu_window[0] < hu_window[1]:
             raise ValueError(f"Expected argument `hu_window` to be (low, high), got {hu_window}")
