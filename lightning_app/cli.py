@@ -4,7 +4,8 @@
 
 - links ``data.num_classes``, ``data.class_names``, ``data.in_channels``, ``data.image_size``
   into the model (``apply_on="instantiate"``: read from the datamodule object right after it is
-  built);
+  built), and fills an unset ``model.test_protocol`` from ``data.protocol`` (one setting drives
+  the training transforms and the test path; ``--model.test_protocol`` still overrides it);
 - always adds the test report callback (:class:`lightning_app.reports.TestReport`, options
   ``--report.*``): ``test`` writes ``per_case.csv`` and ``summary.md`` into the run directory
   (``--report.save_predictions=true``: also ``predictions/<case>.nii.gz``); the poster table's
@@ -226,6 +227,11 @@ class SegmentationCLI(LightningCLI):
             if _is(cb, ("ModelCheckpoint",)):
                 if cb.init_args.get("dirpath") is None:
                     cb.init_args.dirpath = os.path.join(run_dir, "checkpoints")
+        model, data_args = cfg.get("model"), (cfg.get("data") or Namespace()).get("init_args")
+        if model is not None and model.get("test_protocol") is None and data_args is not None:
+            # one setting drives both: the model tests under the data's protocol unless set
+            if data_args.get("protocol") is not None:
+                model.test_protocol = data_args.protocol
         if cfg.get("report") is not None:
             if cfg.report.get("label") is None:
                 cfg.report.label = info["loss"]  # the poster table's row name

@@ -6,8 +6,8 @@ checkpoint) with the input's voxel grid: same shape, affine and qform/sform, wha
 input's orientation. Each volume goes through the pipeline of the dataset the model was
 trained on: loaded in that dataset's canonical orientation (``datamodules.nifti``; ACDC keeps
 the acquired short-axis stack as the slice axis), intensity-preprocessed by the datamodule's
-``preprocess_image``, segmented slice by slice at the training size
-(``models.inference.predict_volume``), and put back into the raw voxel order.
+``preprocess_image``, segmented slice by slice at the training size under the datamodule's
+``protocol`` (``models.inference.predict_volume``), and put back into the raw voxel order.
 
 Which dataset: the checkpoint's saved datamodule hyperparameters when the datamodule saved them
 (``datamodule_hyper_parameters`` with ``_class_path``), else ``--config`` if given, else the
@@ -355,6 +355,7 @@ def predict_case(
     slice_axis: str = "superior",
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    protocol: str = "default",
 ) -> np.ndarray:
     """Segment one case; returns the uint8 mask in the canonical ``(D, H, W)`` orientation.
 
@@ -364,6 +365,8 @@ def predict_case(
         preprocess: the dataset's ``preprocess_image``, ``(C, D, H, W)`` raw -> float32.
         image_size: training slice size. slice_axis: as the dataset loads its volumes.
         batch_size: slices per forward pass. device: where ``forward`` runs.
+        protocol: the inference protocol of :func:`models.inference.predict_volume` (the
+            training datamodule's ``protocol``).
 
     Raises:
         ValueError: unreadable or 4D file, channels on different grids, NaN intensities.
@@ -378,7 +381,7 @@ def predict_case(
         channels.append(raw_to_canonical(data, affine, slice_axis)[0])
     image = preprocess(np.stack(channels))
     volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-    labels = predict_volume(forward, volume, image_size, batch_size)
+    labels = predict_volume(forward, volume, image_size, batch_size, protocol=protocol)
     return labels.cpu().numpy().astype(np.uint8)
 
 
@@ -421,6 +424,7 @@ def predict_files(
             loaded.slice_axis,
             batch_size,
             device,
+            getattr(loaded.datamodule, "protocol", "default"),
         )
         written.append(save_nifti_like(mask, case.files[0], target, loaded.slice_axis))
         if log is not None:

@@ -90,9 +90,13 @@ class SegmentationModel(L.LightningModule):
             resized slice by slice to ``S x S`` and the labels back (nearest). ``None``: taken
             from the trainer's datamodule at ``setup`` if it has one, else slices go in at
             their native size.
-        test_protocol: empty-mask and HD95 conventions of the test metrics, ``"default"``
-            (undefined = NaN, left out of the means; HD95 in mm) or ``"transunet"``
-            (TransUNet's, comparable with published tables); see ``models.metrics``.
+        test_protocol: the test protocol, ``"default"`` (aligned torch resizes, batched;
+            undefined = NaN, left out of the means; HD95 in mm) or ``"transunet"``
+            (TransUNet's ``test_single_volume`` slice path and its empty-mask and HD95
+            conventions, comparable with published tables); see ``models.inference`` and
+            ``models.metrics``. ``None`` (default): the datamodule's ``protocol`` (the CLI
+            fills it in from ``data.protocol``; otherwise adopted at ``setup``, ``"default"``
+            without a datamodule), so one data setting drives training and test.
         inference_batch_size: slices per forward pass at test time (memory knob).
 
     ``test_protocol`` and ``inference_batch_size`` are evaluation settings, not saved in the
@@ -119,7 +123,7 @@ class SegmentationModel(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         model_kwargs: dict | None = None,
         image_size: int | None = None,
-        test_protocol: Literal["default", "transunet"] = "default",
+        test_protocol: Literal["default", "transunet"] | None = None,
         inference_batch_size: int = 32,
     ) -> None:
         super().__init__()
@@ -160,7 +164,8 @@ class SegmentationModel(L.LightningModule):
                 "Expected argument `inference_batch_size` to be an int >= 1, but got "
                 f"{inference_batch_size!r}"
             )
-        self.test_evaluator = CaseEvaluator(num_classes, class_names, test_protocol)
+        self.test_protocol = test_protocol
+        self.test_evaluator = CaseEvaluator(num_classes, class_names, test_protocol or "default")
         self.inference_batch_size = inference_batch_size
         self.test_results: TestResults | None = None
         self.save_hyperparameters(ignore=["loss", "test_protocol", "inference_batch_size"])
@@ -183,10 +188,15 @@ class SegmentationModel(L.LightningModule):
 
     # ------------------------------------------------------------------ forward / loss
     def setup(self, stage: str) -> None:
-        """Adopt the datamodule's ``image_size`` when none was given (outside the CLI)."""
+        """Adopt the datamodule's ``image_size`` and ``protocol`` when none was given (outside
+        the CLI)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if self.hparams.get("image_size") is None and hasattr(datamodule, "image_size"):
             self.hparams.image_size = datamodule.image_size
+        if self.test_protocol is None and hasattr(datamodule, "protocol"):
+            self.test_evaluator = CaseEvaluator(
+                self.num_classes, self.class_names, datamodule.protocol
+            )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``image`` (B, C_in, H, W) -> ``logits`` (B, C, H, W); H, W must suit the encoder
@@ -256,8 +266,15 @@ class SegmentationModel(L.LightningModule):
     # ------------------------------------------------------------------ test
     def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
         """Labels of a whole volume: ``image`` (C_in, D, H, W) -> int64 (D, H, W), slice by
-        slice at ``image_size`` (see :func:`models.inference.predict_volume`)."""
-        return predict_volume(self, image, self.hparams.image_size, self.inference_batch_size)
+        slice at ``image_size`` under the test protocol (see
+        :func:`models.inference.predict_volume`)."""
+        return predict_volume(
+            self,
+            image,
+            self.hparams.image_size,
+            self.inference_batch_size,
+            protocol=self.test_evaluator.protocol,
+        )
 
     def on_test_epoch_start(self) -> None:
         self.test_evaluator.reset()

@@ -19,14 +19,17 @@ from datamodules.transforms import (
 )
 
 
-def blob_mask(h: int, w: int, seed: int) -> np.ndarray:
-    """A binary mask of 8 random ellipses, well inside an (h, w) slice, holes filled."""
+def blob_mask(
+    h: int, w: int, seed: int, count: int = 8, radii: tuple[float, float] = (0.04, 0.12)
+) -> np.ndarray:
+    """A binary mask of ``count`` random ellipses (semi-axes ``radii`` of the side), centred in
+    the middle 60 % of an (h, w) slice, holes filled."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:h, :w]
     mask = np.zeros((h, w), np.uint8)
-    for _ in range(8):
+    for _ in range(count):
         cy, cx = rng.uniform(0.2 * h, 0.8 * h), rng.uniform(0.2 * w, 0.8 * w)
-        ry, rx = rng.uniform(0.04, 0.12) * h, rng.uniform(0.04, 0.12) * w
+        ry, rx = rng.uniform(*radii) * h, rng.uniform(*radii) * w
         mask[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = 1
     # no one-pixel holes between touching ellipses: sub-pixel detail that a downscale may keep
     # in the interpolated image and drop from the nearest-neighbour mask
