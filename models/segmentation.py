@@ -97,7 +97,8 @@ class SegmentationModel(L.LightningModule):
             ``models.metrics``. ``None`` (default): the datamodule's ``protocol`` (the CLI
             fills it in from ``data.protocol``; otherwise adopted at ``setup``, ``"default"``
             without a datamodule), so one data setting drives training and test.
-        inference_batch_size: slices per forward pass at test time (memory knob).
+        inference_batch_size: slices per forward pass at test time under the ``default``
+            protocol (memory knob; ``transunet`` forwards one slice at a time, as TransUNet).
 
     ``test_protocol`` and ``inference_batch_size`` are evaluation settings, not saved in the
     checkpoint's hyperparameters, so ``test --ckpt_path ... --model.test_protocol=transunet``
