@@ -92,3 +92,33 @@ def test_model_adopts_the_datamodule_protocol_outside_the_cli(tmp_path: Path) ->
         trainer.test(model, datamodule=dm, verbose=False)
     assert model.test_evaluator.protocol == "transunet"
     assert shapes == [(1, 1, 32, 32)] * 4
+
+
+@pytest.mark.parametrize("protocol", ["default", "transunet"])
+def test_make_predict_runs_the_checkpoints_data_protocol(tmp_path: Path, protocol: str) -> None:
+    """``lightning_app.predict`` segments under the training datamodule's protocol: under
+    ``transunet`` the written mask is TransUNet's ``test_single_volume`` (re-derived with
+    scipy) of the canonical volume."""
+    import nibabel as nib
+    import numpy as np
+
+    from lightning_app.predict import load_checkpoint, main
+    from models.inference import predict_volume
+    from tests.lightning_app.test_predict import _checkpoint, _run_config, _write
+    from tests.models.test_inference import transunet_test_single_volume
+
+    ckpt = _checkpoint(tmp_path)
+    init = {"image_size": 32, "progress": False, "protocol": protocol}
+    _run_config(ckpt, "datamodules.PhantomDataModule", init)
+    raw = np.random.default_rng(0).random((37, 45, 3)).astype(np.float32)  # (X, Y, Z), RAS
+    (tmp_path / "in").mkdir()
+    src = _write(tmp_path / "in" / "a.nii.gz", raw, np.diag([1.0, 1.0, 3.0, 1.0]))
+    (out,) = main(["--ckpt", str(ckpt), "--input", str(src), "--output", str(tmp_path / "o")])
+    got = np.asarray(nib.load(str(out)).dataobj).transpose(2, 1, 0)  # canonical (D, H, W)
+    model = load_checkpoint(ckpt).model
+    volume = raw.transpose(2, 1, 0)[None]  # (C, D, H, W)
+    if protocol == "transunet":
+        expected = transunet_test_single_volume(model, volume, 32)
+    else:
+        expected = predict_volume(model, torch.from_numpy(volume), 32).numpy()
+    np.testing.assert_array_equal(got, expected)
