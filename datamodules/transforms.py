@@ -13,8 +13,9 @@ the small slice. OpenCV's ``INTER_LINEAR`` samples output pixel ``i`` of ``n_out
 coordinate ``(i + 0.5) n_in / n_out - 0.5`` (pixel centres aligned); the mask is resized with
 ``INTER_NEAREST_EXACT``, which reads input pixel ``floor((i + 0.5) n_in / n_out)``, the pixel
 nearest to the same coordinate (OpenCV's plain ``INTER_NEAREST`` reads
-``floor(i n_in / n_out)``, the corner convention, which moves the mask up to
-``(n_in / n_out - 1) / 2`` input pixels towards the origin). Rotations warp image (bilinear) and
+``floor(i n_in / n_out)``, the corner convention: on average ``n_in / (2 n_out)`` input pixels
+earlier, which moves the mask half an output pixel away from the origin along each axis,
+relative to the image). Rotations warp image (bilinear) and
 mask (``INTER_NEAREST``, which rounds the sampling coordinate in ``warpAffine``) with one affine
 matrix; 90-degree rotations and flips are exact.
 

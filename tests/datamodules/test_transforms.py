@@ -58,10 +58,11 @@ def grid_agreement(image: np.ndarray, mask: np.ndarray) -> tuple[float, float, b
 @pytest.mark.parametrize("stage", ["train", "eval"])
 @pytest.mark.parametrize(("shape", "size"), [((300, 437), 224), ((97, 150), 64)])
 def test_image_and_mask_stay_on_one_pixel_grid(protocol, stage, shape, size) -> None:
-    """Non-square slices, sizes no multiple of the output size. The old OpenCV pipeline
-    (INTER_NEAREST masks, corner convention) gave centroid offsets of 0.5-0.9 output pixels and
-    0.24-0.31 disagreeing pixels per boundary pixel on these masks; both protocols now stay
-    below 0.12 pixels on average (TransUNet's scipy pipeline: 0.02)."""
+    """Non-square slices, sizes no multiple of the output size. Measured on these masks: the
+    old OpenCV pipeline (INTER_NEAREST masks, corner convention: half an output pixel along
+    each axis) gave mean centroid offsets of 0.69-0.72 output pixels (max 0.95) and 0.18-0.19
+    disagreeing pixels per boundary pixel (max 0.22); both protocols now give 0.06-0.11
+    (max 0.19) and 0.016-0.029 (max 0.064)."""
     build = build_train_transform if stage == "train" else build_eval_transform
     transform = build(size, protocol)
     transform.set_random_seed(0)
@@ -75,7 +76,7 @@ def test_image_and_mask_stay_on_one_pixel_grid(protocol, stage, shape, size) -> 
         assert on_boundary, "image and mask disagree away from the mask's boundary"
         offsets.append(offset)
         fractions.append(fraction)
-    assert np.mean(offsets) < 0.12, offsets
+    assert np.mean(offsets) < 0.2, offsets
     assert max(offsets) < 0.4, offsets
     assert np.mean(fractions) < 0.06 and max(fractions) < 0.15, fractions
 
