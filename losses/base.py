@@ -11,6 +11,7 @@ and returns a scalar. The maths runs in float32 even under bf16/fp16 autocast.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,8 +48,9 @@ def prepare_inputs(
 
     Raises:
         TypeError: if ``logits`` is not floating point or ``target`` is not an integer tensor.
-        ValueError: if the shapes do not match, or a target value lies outside ``[0, C)``
-            and is not ``ignore_index`` (only checked when ``validate_args``).
+        ValueError: if the shapes do not match, the batch is empty (no image or no pixel), or
+            (only checked when ``validate_args``) ``logits`` holds NaN or infinite values or a
+            target value lies outside ``[0, C)`` and is not ``ignore_index``.
     """
     if not isinstance(logits, Tensor) or not torch.is_floating_point(logits):
         dtype = logits.dtype if isinstance(logits, Tensor) else type(logits).__name__
@@ -71,6 +73,14 @@ def prepare_inputs(
             f"Expected `target` of shape (B, *spatial) = {expected} to match `logits` of shape "
             f"{tuple(logits.shape)}, but got target of shape {tuple(target.shape)}"
         )
+    if logits.numel() == 0:
+        raise ValueError(
+            f"Expected non-empty `logits` and `target` (at least one image, class and pixel), "
+            f"but got logits of shape {tuple(logits.shape)} and target of shape "
+            f"{tuple(target.shape)}"
+        )
+    if validate_args:
+        check_finite_logits(logits)
     batch, num_classes = logits.shape[:2]
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()  # half precision in, float32 maths
@@ -97,13 +107,32 @@ def prepare_inputs(
     return PreparedInputs(logits, target, valid)
 
 
+def check_finite_logits(logits: Tensor) -> None:
+    """Raise ValueError if ``logits`` holds a NaN or an infinite value.
+
+    One reduction in the common case: a sum is finite only if every term is, so the
+    element-wise test runs only when the sum is not (it may also have overflowed).
+    """
+    if bool(torch.isfinite(logits.sum())):
+        return
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return
+    num_nan = int(torch.isnan(logits).sum())
+    num_inf = int((~finite).sum()) - num_nan
+    raise ValueError(
+        f"Expected `logits` to be finite, but found {num_nan} NaN and {num_inf} infinite "
+        f"values in logits of shape {tuple(logits.shape)}"
+    )
+
+
 def check_percent(name: str, value: float) -> float:
     """Return ``value`` as float if it is a percentage in ``(0, 100]``, else raise ValueError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(
             f"Expected argument `{name}` to be a number, but got {type(value).__name__}"
         )
-    if not 0 < value <= 100:
+    if not 0 < value <= 100:  # also False for NaN
         raise ValueError(f"Expected argument `{name}` to be in (0, 100], but got {value}")
     return float(value)
 
@@ -116,13 +145,14 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def check_non_negative(name: str, value: float) -> float:
-    """Return ``value`` as float if it is a number >= 0, else raise ValueError/TypeError."""
+    """Return ``value`` as float if it is a finite number >= 0, else raise ValueError/TypeError
+    (NaN and infinity included)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(
             f"Expected argument `{name}` to be a number, but got {type(value).__name__}"
         )
-    if value < 0:
-        raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"Expected argument `{name}` to be >= 0 and finite, but got {value}")
     return float(value)
 
 

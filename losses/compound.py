@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -23,8 +24,9 @@ class CompoundLoss(nn.Module):
         weights: name -> weight; ``None`` gives every term weight 1. Missing names weigh 1.
 
     Raises:
-        ValueError: no terms, a weight for an unknown term, or a negative weight.
-        TypeError: a term that is not an ``nn.Module``.
+        ValueError: no terms, a weight for an unknown term, or a negative, NaN or infinite
+            weight.
+        TypeError: a term that is not an ``nn.Module``, or a weight that is not a number.
     """
 
     def __init__(
@@ -45,9 +47,14 @@ class CompoundLoss(nn.Module):
             raise ValueError(
                 f"Expected `weights` keys among the term names {sorted(terms)}, but got {unknown}"
             )
-        negative = {name: w for name, w in weights.items() if w < 0}
-        if negative:
-            raise ValueError(f"Expected `weights` to be >= 0, but got {negative}")
+        for name, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, int | float):
+                raise TypeError(
+                    f"Expected `weights` values to be numbers, but got {w!r} for term {name!r}"
+                )
+        bad = {name: w for name, w in weights.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"Expected `weights` to be finite and >= 0, but got {bad}")
         self.terms = nn.ModuleDict(dict(terms))
         self.weights = {name: float(weights.get(name, 1.0)) for name in terms}
         self.last_values: dict[str, Tensor] = {}

@@ -17,8 +17,9 @@ class CrossEntropyLoss(SegmentationLoss):
     """Mean pixel-wise cross-entropy ``mean_i -w_{y_i} log p_{i, y_i}``, ``p = softmax(logits)``.
 
     Args:
-        weight: optional per-class weights ``w`` (length C); with weights the mean is the
-            weighted mean ``sum_i w_{y_i} CE_i / sum_i w_{y_i}``, as in ``torch.nn``.
+        weight: optional per-class weights ``w`` (length C, finite and ``>= 0``); with weights
+            the mean is the weighted mean ``sum_i w_{y_i} CE_i / sum_i w_{y_i}``, as in
+            ``torch.nn``.
         ignore_index, validate_args: see :class:`~losses.base.SegmentationLoss`.
 
     Shapes:
@@ -56,8 +57,12 @@ class FocalLoss(SegmentationLoss):
         alpha: optional per-class weights (length C); ``None`` weighs every class 1.
         ignore_index, validate_args: see :class:`~losses.base.SegmentationLoss`.
 
+    The gradient is finite for every ``gamma >= 0``, also ``0 < gamma < 1`` at confident
+    correct pixels (see :func:`focal_factor`).
+
     Raises:
-        ValueError: ``gamma < 0``; ``alpha`` of the wrong length (at call time).
+        ValueError: ``gamma`` negative or not finite; ``alpha`` holding a negative or non-finite
+            value; ``alpha`` of the wrong length (at call time).
 
     Reference: Lin et al., "Focal loss for dense object detection", ICCV 2017.
     """
@@ -78,7 +83,7 @@ class FocalLoss(SegmentationLoss):
         log_p = inputs.logits.log_softmax(1).gather(1, inputs.target.unsqueeze(1)).squeeze(1)
         loss = -log_p
         if self.gamma > 0:
-            loss = loss * (1.0 - log_p.exp()).pow(self.gamma)
+            loss = loss * focal_factor(log_p, self.gamma)
         if alpha is not None:
             loss = loss * alpha[inputs.target]
         return masked_mean(loss, inputs.valid)
@@ -88,14 +93,35 @@ class FocalLoss(SegmentationLoss):
         return f"gamma={self.gamma}" + (f", {base}" if base else "")
 
 
+def focal_factor(log_p: Tensor, gamma: float) -> Tensor:
+    """The focal modulation ``(1 - p)^gamma`` from ``log p``, with a finite gradient everywhere.
+
+    ``1 - p`` is taken as ``-expm1(log p)`` (exact for ``p`` near 1) and floored at the dtype's
+    smallest normal number before the power: at a confident correct pixel ``1 - p`` rounds to
+    0, where ``d/dx x^gamma = gamma x^(gamma - 1)`` is infinite for ``0 < gamma < 1`` and the
+    chain rule would give ``inf * 0 = NaN``. The floor changes the factor only where
+    ``1 - p < tiny``, where the loss ``-log p ~ 1 - p`` is below ``tiny`` too; the gradient there
+    is 0, the limit of the true one (``(1 - p)^(1 + gamma)`` near ``p = 1``).
+    """
+    one_minus_p = -torch.expm1(log_p)
+    return one_minus_p.clamp_min(torch.finfo(log_p.dtype).tiny).pow(gamma)
+
+
 def _class_weights(name: str, values: Sequence[float] | None) -> Tensor | None:
     if values is None:
         return None
-    weights = torch.as_tensor(list(values), dtype=torch.float32)
+    try:
+        weights = torch.as_tensor(list(values), dtype=torch.float32)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"Expected argument `{name}` to be a sequence of numbers, but got {values!r}"
+        ) from err
     if weights.ndim != 1 or weights.numel() == 0:
         raise ValueError(f"Expected argument `{name}` to be a non-empty sequence of numbers")
-    if bool((weights < 0).any()):
-        raise ValueError(f"Expected argument `{name}` to hold values >= 0, but got {list(values)}")
+    if not bool((torch.isfinite(weights) & (weights >= 0)).all()):
+        raise ValueError(
+            f"Expected argument `{name}` to hold finite values >= 0, but got {list(values)}"
+        )
     return weights
 
 

@@ -81,10 +81,24 @@ def soft_dice_score(
     return (2.0 * intersection + smooth) / (target_sum + prob_sum + smooth)
 
 
-def dice_loss_from_scores(scores: Tensor, include_background: bool) -> Tensor:
-    """``1 - mean`` of the Dice scores ``(B, C)`` over classes then images."""
+def dice_loss_from_scores(
+    scores: Tensor, include_background: bool, counted: Tensor | None = None
+) -> Tensor:
+    """``1 - mean`` of the Dice scores ``(B, C)`` over classes then images.
+
+    Args:
+        scores: ``(B, C)`` per image (or ``(1, C)`` batch-pooled) Dice scores.
+        include_background: keep class 0.
+        counted: optional bool ``(B,)``: the images that enter the mean (those with at least one
+            pixel that is not ``ignore_index``). With none counted the loss is 0 (with a zero
+            gradient path).
+    """
     if not include_background:
         scores = scores[:, 1:]
+    if counted is not None and not bool(counted.all()):
+        if not bool(counted.any()):
+            return scores.sum() * 0.0
+        scores = scores[counted]
     return 1.0 - scores.mean()
 
 
@@ -113,11 +127,18 @@ class _DiceBase(SegmentationLoss):
                 f"but got {inputs.num_classes}"
             )
 
-    def dice_loss(self, probs: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+    def dice_loss(
+        self, probs: Tensor, target: Tensor, weight: Tensor | None, valid: Tensor | None = None
+    ) -> Tensor:
+        """Dice loss of ``probs`` ``(B, C, M)`` with pixel weights ``weight``; ``valid`` (bool
+        ``(B, M)``, or None for all) says which images count in the per-image mean: an image
+        whose pixels are all ``ignore_index`` does not (with ``batch=True`` it adds nothing to
+        the pooled sums anyway)."""
         scores = soft_dice_score(
             probs, target, weight, smooth=self.smooth, squared=self.squared, batch=self.batch
         )
-        return dice_loss_from_scores(scores, self.include_background)
+        counted = None if valid is None or self.batch else valid.any(-1)
+        return dice_loss_from_scores(scores, self.include_background, counted)
 
     def extra_repr(self) -> str:
         parts = [
@@ -146,7 +167,9 @@ class SoftDiceLoss(_DiceBase):
         include_background: keep class 0 in the mean over classes.
         smooth: added to numerator and denominator (MONAI's ``smooth_nr = smooth_dr``).
         squared: square the probabilities and targets in the denominator.
-        batch: sum over the batch before the ratio.
+        batch: sum over the batch before the ratio (TransUNet's ``DiceLoss``; the presets'
+            choice). ``False`` (MONAI's default): one ratio per image and class, then the mean
+            over the images that hold at least one pixel that is not ``ignore_index``.
         ignore_index: target value removed from every sum.
         validate_args: check target values (see :class:`~losses.base.SegmentationLoss`).
 
@@ -164,7 +187,7 @@ class SoftDiceLoss(_DiceBase):
         self.check_classes(inputs)
         probs = inputs.logits.softmax(1)
         weight = None if inputs.valid is None else inputs.valid.to(probs.dtype)
-        return self.dice_loss(probs, inputs.target, weight)
+        return self.dice_loss(probs, inputs.target, weight, inputs.valid)
 
 
 class PixelwiseModulatedDiceLoss(_DiceBase):
@@ -218,7 +241,7 @@ class PixelwiseModulatedDiceLoss(_DiceBase):
                 f"but got {self.gamma.numel()}"
             )
         if not self.modulated:
-            return self.dice_loss(probs, inputs.target, valid)
+            return self.dice_loss(probs, inputs.target, valid, inputs.valid)
         with torch.no_grad():
             classes = torch.arange(inputs.num_classes, device=probs.device).view(1, -1, 1)
             is_target = inputs.target.unsqueeze(1) == classes
@@ -226,7 +249,7 @@ class PixelwiseModulatedDiceLoss(_DiceBase):
             weight = error.pow(self.gamma.view(1, -1, 1))
             if valid is not None:
                 weight = weight * valid.unsqueeze(1)
-        return self.dice_loss(probs, inputs.target, weight)
+        return self.dice_loss(probs, inputs.target, weight, inputs.valid)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma.tolist()}, " + super().extra_repr()

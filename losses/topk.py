@@ -1,7 +1,8 @@
 """Losses restricted to the K% hardest pixels: topK Dice (the poster's) and topK CE.
 
 Selection rule shared by both: in each pool of ``N`` valid pixels (an image, the whole batch,
-or an image and class) the ``max(1, floor(k * N / 100))`` pixels of highest difficulty are kept.
+or an image and class) the ``max(1, int(N * k / 100))`` pixels of highest difficulty are kept
+(:func:`num_selected`; nnU-Net's count).
 The selection carries no gradient. Ties are broken arbitrarily (``torch.topk``).
 
 Difficulty of pixel ``i`` with target class ``y_i``:
@@ -14,8 +15,6 @@ Difficulty of pixel ``i`` with target class ``y_i``:
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -30,11 +29,13 @@ CE_POOLS = ("image", "batch")
 
 
 def num_selected(k: float, num_pixels: int) -> int:
-    """``max(1, floor(k * num_pixels / 100))``, the size of the hard set of a pool.
+    """``max(1, int(num_pixels * k / 100))``, the size of the hard set of a pool.
 
-    The product is rounded to 9 decimals first so that e.g. ``k=10, N=30`` gives 3, not 2.
+    The same float expression as nnU-Net v2's ``TopKLoss``, so the counts agree with it
+    exactly, including where the float product lands just below an integer
+    (``k=32.3, N=1000``: ``322.99999999999994``, so 322 pixels). Never fewer than 1.
     """
-    return max(1, math.floor(round(k * num_pixels / 100.0, 9)))
+    return max(1, int(num_pixels * k / 100))
 
 
 def pixel_difficulty(logits: Tensor, target: Tensor, difficulty: str) -> Tensor:
@@ -175,7 +176,7 @@ class TopKDiceLoss(_DiceBase):
             weight = None if valid is None else valid.to(probs.dtype)
         else:
             weight = mask
-        return self.dice_loss(probs, target, weight)
+        return self.dice_loss(probs, target, weight, valid)
 
     def _image_pool_gathered(self, logits: Tensor, target: Tensor, keep: int) -> Tensor:
         """Fast path: gather the ``keep`` hardest pixels of each image, Dice on those alone."""
@@ -230,10 +231,16 @@ class TopKDiceLoss(_DiceBase):
 class TopKCrossEntropyLoss(SegmentationLoss):
     """topK cross-entropy (Pohlen et al., "bootstrapped" CE): mean CE of the K% hardest pixels.
 
-    ``loss = mean_{i in S} -log p_{i, y_i}`` where ``S`` holds the ``max(1, floor(k*N/100))``
-    pixels of highest CE in each pool. ``pool="image"`` averages the per-image means;
-    ``pool="batch"`` ranks the whole batch at once and equals nnU-Net's ``TopKLoss(k)``.
-    ``k=100`` is the plain mean CE.
+    ``loss = mean_{i in S} -log p_{i, y_i}`` where ``S`` holds the ``max(1, int(N*k/100))``
+    pixels of highest CE in each pool of ``N`` valid pixels. ``pool="image"`` averages the
+    per-image means (an image whose pixels are all ``ignore_index`` is left out of that mean);
+    ``pool="batch"`` ranks the whole batch at once. ``k=100`` is the plain mean CE.
+
+    Without ``ignore_index``, ``pool="batch"`` equals nnU-Net v2's ``TopKLoss(k)`` (whole-batch
+    CE, the ``int(N*k/100)`` largest values, their mean) whenever ``int(N*k/100) >= 1``. With
+    ``ignore_index`` the two differ: here ignored pixels leave the pool (``N`` counts the valid
+    pixels only and an ignored pixel is never selected), while nnU-Net gives them CE 0 and keeps
+    them in ``N`` and in the pool (so they can be selected and dilute the mean).
 
     Args:
         k: percent of the pool's pixels kept, in ``(0, 100]``.
@@ -272,6 +279,11 @@ class TopKCrossEntropyLoss(SegmentationLoss):
             mask = top_k_mask(ce.detach(), self.k, valid)
         weight = valid.to(ce.dtype) if mask is None else mask
         per_pool = (ce * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
+        counted = valid.any(-1)  # a pool (image) with every pixel ignored is left out
+        if not bool(counted.all()):
+            if not bool(counted.any()):
+                return per_pool.sum() * 0.0
+            per_pool = per_pool[counted]
         return per_pool.mean()
 
     @torch.no_grad()

@@ -6,8 +6,6 @@ public implementation exists (topK Dice, PM Dice).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.nn import functional as F
 
@@ -30,7 +28,7 @@ def topk_dice_reference(logits, target, k, smooth=1e-5):
         x = logits[b].double().reshape(classes, -1)
         t = target[b].reshape(-1)
         ce = F.cross_entropy(x.T, t, reduction="none")
-        keep = max(1, math.floor(k * t.numel() / 100 + 1e-9))
+        keep = max(1, int(t.numel() * k / 100))
         order = torch.argsort(ce, descending=True)[:keep]
         p = x.softmax(0)[:, order]
         y = F.one_hot(t[order], classes).T.double()
@@ -92,7 +90,7 @@ def topk_dice_batch_reference(logits, target, k, smooth=1e-5, ignore_index=None)
         if t.numel() == 0:
             continue
         ce = F.cross_entropy(x.T, t, reduction="none")
-        keep = max(1, math.floor(k * t.numel() / 100 + 1e-9))
+        keep = max(1, int(t.numel() * k / 100))
         order = torch.argsort(ce, descending=True)[:keep]
         ps.append(x.softmax(0)[:, order])
         ys.append(F.one_hot(t[order], classes).T.double())

@@ -85,7 +85,7 @@ def test_bad_class_weights():
     logits, target = make_inputs(classes=4)
     with pytest.raises(ValueError, match=r"`alpha` to have one value per class \(4\), but got 2"):
         FocalLoss(alpha=[1.0, 2.0])(logits, target)
-    with pytest.raises(ValueError, match="`weight` to hold values >= 0"):
+    with pytest.raises(ValueError, match="`weight` to hold finite values >= 0"):
         CrossEntropyLoss(weight=[1.0, -1.0])
     with pytest.raises(ValueError, match="`gamma` to be >= 0"):
         FocalLoss(gamma=-0.5)
