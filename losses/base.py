@@ -12,30 +12,92 @@ and returns a scalar. The maths runs in float32 even under bf16/fp16 autocast.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class PreparedInputs:
-    """Flattened, checked inputs shared by the loss functions.
+    """Flattened, checked inputs and the quantities that the loss terms share.
+
+    A :class:`~losses.compound.CompoundLoss` prepares the inputs once per call and hands the same
+    object to each of its terms, so what one term computes (the log-softmax, the per-pixel CE,
+    the softmax) the others reuse, also in the backward pass (one graph through one
+    log-softmax). Each quantity is computed on first use and kept for the rest of the call.
 
     Attributes:
         logits: ``(B, C, N)``, ``N`` the number of pixels (voxels) per image; float32 (float64
             stays float64, half precision is promoted to float32).
         target: int64 ``(B, N)``; ignored pixels hold class 0 so that they can index safely.
         valid: bool ``(B, N)`` marking the pixels that count, or ``None`` when all of them do.
+        share_log_probs: whether some term needs the full log-softmax with its gradient (the
+            CE family). If so the probabilities are ``exp(log_probs)`` and the ranking CE is
+            read off ``log_probs``; if not, a Dice-only loss takes the plain softmax and ranks
+            pixels with one no-grad CE pass.
     """
 
     logits: Tensor
     target: Tensor
     valid: Tensor | None
+    share_log_probs: bool = False
+    _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
         return self.logits.shape[1]
+
+    def _get(self, key: str, make: Callable[[], Tensor], grad_free: bool = False) -> Tensor:
+        """The cached ``key``, made on first use. A quantity that carries a gradient is not
+        cached when made under ``torch.no_grad`` (a later term would get it without one)."""
+        value = self._cache.get(key)
+        if value is None:
+            value = make()
+            if grad_free or torch.is_grad_enabled():
+                self._cache[key] = value
+        return value
+
+    def log_probs(self) -> Tensor:
+        """``log softmax(logits)`` over classes, ``(B, C, N)``, with gradient."""
+        return self._get("log_probs", lambda: self.logits.log_softmax(1))
+
+    def target_log_probs(self) -> Tensor:
+        """``log p_{i, y_i}``, ``(B, N)``, with gradient (minus the per-pixel CE)."""
+        return self._get(
+            "target_log_probs",
+            lambda: self.log_probs().gather(1, self.target.unsqueeze(1)).squeeze(1),
+        )
+
+    def probs(self) -> Tensor:
+        """``softmax(logits)``, ``(B, C, N)``, with gradient: ``exp(log_probs)`` when the
+        log-softmax is shared, else the plain softmax."""
+        if self.share_log_probs:
+            return self._get("probs", lambda: self.log_probs().exp())
+        return self._get("probs", lambda: self.logits.softmax(1))
+
+    def target_probs(self) -> Tensor:
+        """``p_{i, y_i}``, ``(B, N)``, with gradient."""
+        if self.share_log_probs:
+            return self._get("target_probs", lambda: self.target_log_probs().exp())
+        return self._get(
+            "target_probs", lambda: self.probs().gather(1, self.target.unsqueeze(1)).squeeze(1)
+        )
+
+    def ranking_ce(self) -> Tensor:
+        """Per-pixel CE ``-log p_{i, y_i}``, ``(B, N)``, without gradient (to rank pixels)."""
+        if self.share_log_probs:
+            return self._get(
+                "ranking_ce", lambda: -self.target_log_probs().detach(), grad_free=True
+            )
+
+        def make() -> Tensor:
+            with torch.no_grad():
+                return F.cross_entropy(self.logits, self.target, reduction="none")
+
+        return self._get("ranking_ce", make, grad_free=True)
 
 
 def prepare_inputs(
@@ -159,15 +221,21 @@ def check_non_negative(name: str, value: float) -> float:
 class SegmentationLoss(nn.Module):
     """Base class: checks the inputs, disables autocast and calls :meth:`compute`.
 
-    Subclasses implement ``compute(inputs: PreparedInputs) -> Tensor``. A
-    :class:`~losses.compound.CompoundLoss` prepares the inputs once and calls ``compute`` of
-    each of its terms directly, so the checks run once per step.
+    Subclasses implement ``compute(inputs: PreparedInputs) -> Tensor`` and take what they need
+    from ``inputs`` (``log_probs()``, ``probs()``, ``target_log_probs()``, ``ranking_ce()``...)
+    so that terms of a :class:`~losses.compound.CompoundLoss`, which prepares the inputs once
+    and calls ``compute`` of each term on the same object, share those computations; the checks
+    run once per step. A subclass that needs the full log-softmax with its gradient sets
+    ``uses_log_probs = True``.
 
     Args:
         ignore_index: target value whose pixels are removed from every term, or ``None``.
         validate_args: check that target values lie in ``[0, C)`` (one pass over the target;
             turn off to save a device synchronisation per call).
     """
+
+    #: whether :meth:`compute` needs the full log-softmax with gradient (the CE family)
+    uses_log_probs: bool = False
 
     def __init__(self, ignore_index: int | None = None, validate_args: bool = True) -> None:
         super().__init__()
@@ -185,6 +253,7 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         inputs = self.prepare(logits, target)
+        inputs.share_log_probs = self.uses_log_probs
         with torch.autocast(device_type=inputs.logits.device.type, enabled=False):
             return self.compute(inputs)
 

@@ -15,13 +15,20 @@ class CompoundLoss(nn.Module):
     """``loss = sum_t weight_t * term_t(logits, target)``.
 
     After each call ``last_values[name]`` holds the detached, unweighted value of every term,
-    so a model can log ``train/loss/<name>``. Terms that are this package's losses share one
-    check and flattening of the inputs per call; any other ``nn.Module`` taking
-    ``(logits, target)`` works too.
+    so a model can log ``train/loss/<name>``. Terms that are this package's losses
+    (:class:`~losses.base.SegmentationLoss`) with the same ``ignore_index`` and
+    ``validate_args`` share one :class:`~losses.base.PreparedInputs` per call: one check and
+    flattening of the inputs, one log-softmax (when any of them is of the CE family), its
+    ``exp`` as the softmax, one per-pixel CE that the topK losses also rank by, and one backward
+    pass through all of it. The result equals the sum of the terms called one by one to float
+    precision (``share=False`` does exactly that). Any other ``nn.Module`` taking
+    ``(logits, target)`` composes too and is simply called.
 
     Args:
         terms: name -> loss module (names become logging keys: use ``[a-z0-9_]``).
         weights: name -> weight; ``None`` gives every term weight 1. Missing names weigh 1.
+        share: share the common computations between the terms (default); ``False`` calls
+            every term on its own (for checks and benchmarks).
 
     Raises:
         ValueError: no terms, a weight for an unknown term, or a negative, NaN or infinite
@@ -30,7 +37,10 @@ class CompoundLoss(nn.Module):
     """
 
     def __init__(
-        self, terms: Mapping[str, nn.Module], weights: Mapping[str, float] | None = None
+        self,
+        terms: Mapping[str, nn.Module],
+        weights: Mapping[str, float] | None = None,
+        share: bool = True,
     ) -> None:
         super().__init__()
         if not terms:
@@ -57,16 +67,23 @@ class CompoundLoss(nn.Module):
             raise ValueError(f"Expected `weights` to be finite and >= 0, but got {bad}")
         self.terms = nn.ModuleDict(dict(terms))
         self.weights = {name: float(weights.get(name, 1.0)) for name in terms}
+        self.share = bool(share)
         self.last_values: dict[str, Tensor] = {}
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         prepared: dict[tuple[int | None, bool], PreparedInputs] = {}
         values: dict[str, Tensor] = {}
         for name, term in self.terms.items():
-            if isinstance(term, SegmentationLoss):
+            if self.share and isinstance(term, SegmentationLoss):
                 key = (term.ignore_index, term.validate_args)
                 if key not in prepared:
                     prepared[key] = term.prepare(logits, target)
+                    prepared[key].share_log_probs = any(
+                        other.uses_log_probs
+                        for other in self.terms.values()
+                        if isinstance(other, SegmentationLoss)
+                        and (other.ignore_index, other.validate_args) == key
+                    )
                 inputs = prepared[key]
                 with torch.autocast(device_type=inputs.logits.device.type, enabled=False):
                     values[name] = term.compute(inputs)
@@ -83,4 +100,4 @@ class CompoundLoss(nn.Module):
                 term.set_step(step)
 
     def extra_repr(self) -> str:
-        return "weights=" + repr(self.weights)
+        return "weights=" + repr(self.weights) + ("" if self.share else ", share=False")

@@ -6,11 +6,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from losses.base import PreparedInputs, SegmentationLoss, check_non_negative, masked_mean
-
-_TORCH_IGNORE = -100  # torch's ignore value; ignored pixels are re-marked with it
 
 
 class CrossEntropyLoss(SegmentationLoss):
@@ -35,14 +32,20 @@ class CrossEntropyLoss(SegmentationLoss):
         super().__init__(ignore_index=ignore_index, validate_args=validate_args)
         self.register_buffer("weight", _class_weights("weight", weight))
 
+    uses_log_probs = True
+
     def compute(self, inputs: PreparedInputs) -> Tensor:
         weight = _checked_weights("weight", self.weight, inputs.num_classes)
-        if inputs.valid is None:
-            return F.cross_entropy(inputs.logits, inputs.target, weight=weight)
-        if not bool(inputs.valid.any()):
-            return inputs.logits.sum() * 0.0
-        target = inputs.target.masked_fill(~inputs.valid, _TORCH_IGNORE)
-        return F.cross_entropy(inputs.logits, target, weight=weight, ignore_index=_TORCH_IGNORE)
+        nll = -inputs.target_log_probs()  # shared with the other terms of a CompoundLoss
+        if weight is None:
+            return masked_mean(nll, inputs.valid)
+        # torch's weighted mean: sum_i w_{y_i} CE_i / sum_i w_{y_i} over the valid pixels
+        pixel_weight = weight.to(nll.dtype)[inputs.target]
+        if inputs.valid is not None:
+            if not bool(inputs.valid.any()):
+                return nll.sum() * 0.0
+            pixel_weight = pixel_weight * inputs.valid
+        return (nll * pixel_weight).sum() / pixel_weight.sum()
 
 
 class FocalLoss(SegmentationLoss):
@@ -78,14 +81,16 @@ class FocalLoss(SegmentationLoss):
         self.gamma = check_non_negative("gamma", gamma)
         self.register_buffer("alpha", _class_weights("alpha", alpha))
 
+    uses_log_probs = True
+
     def compute(self, inputs: PreparedInputs) -> Tensor:
         alpha = _checked_weights("alpha", self.alpha, inputs.num_classes)
-        log_p = inputs.logits.log_softmax(1).gather(1, inputs.target.unsqueeze(1)).squeeze(1)
+        log_p = inputs.target_log_probs()
         loss = -log_p
         if self.gamma > 0:
             loss = loss * focal_factor(log_p, self.gamma)
         if alpha is not None:
-            loss = loss * alpha[inputs.target]
+            loss = loss * alpha.to(loss.dtype)[inputs.target]
         return masked_mean(loss, inputs.valid)
 
     def extra_repr(self) -> str:

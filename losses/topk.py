@@ -49,6 +49,18 @@ def pixel_difficulty(logits: Tensor, target: Tensor, difficulty: str) -> Tensor:
     return 2.0 * (1.0 - (-ce).exp())
 
 
+def gather_pixels(values: Tensor, indices: Tensor) -> Tensor:
+    """``values[b, :, indices[b]]``: ``(B, C, N)`` and ``(B, K)`` -> ``(B, C, K)``.
+
+    One row-wise gather on the ``(B*C, N)`` view (about twice as fast on the CPU as a gather
+    with a broadcast index).
+    """
+    batch, classes, num_pixels = values.shape
+    rows = values.reshape(batch * classes, num_pixels)
+    picked = rows.gather(1, indices.repeat_interleave(classes, dim=0))
+    return picked.reshape(batch, classes, indices.shape[1])
+
+
 def _mask_from_indices(indices: Tensor, like: Tensor) -> Tensor:
     """0/1 float mask shaped like ``like`` with ones at ``indices`` along the last axis."""
     return torch.zeros_like(like).scatter_(-1, indices, 1.0)
@@ -164,41 +176,58 @@ class TopKDiceLoss(_DiceBase):
 
     def compute(self, inputs: PreparedInputs) -> Tensor:
         self.check_classes(inputs)
-        logits, target, valid = inputs.logits, inputs.target, inputs.valid
+        target, valid = inputs.target, inputs.valid
         k = self.current_k
         if self.pool == "image" and valid is None:
-            keep = num_selected(k, logits.shape[-1])
-            if keep < logits.shape[-1]:
-                return self._image_pool_gathered(logits, target, keep)
-        mask = self._selection_mask(logits, target, valid, k)
-        probs = logits.softmax(1)
+            keep = num_selected(k, target.shape[-1])
+            if keep < target.shape[-1]:
+                return self._image_pool_gathered(inputs, keep)
+        mask = self._selection_mask(inputs, k)
+        probs = inputs.probs()
         if mask is None:
             weight = None if valid is None else valid.to(probs.dtype)
         else:
             weight = mask
-        return self.dice_loss(probs, target, weight, valid)
+        target_probs = None if weight is not None and weight.ndim == 3 else inputs.target_probs()
+        return self.dice_loss(probs, target, weight, valid, target_probs)
 
-    def _image_pool_gathered(self, logits: Tensor, target: Tensor, keep: int) -> Tensor:
-        """Fast path: gather the ``keep`` hardest pixels of each image, Dice on those alone."""
-        with torch.no_grad():
-            hardness = pixel_difficulty(logits, target, self.difficulty)
-            indices = hardness.topk(keep, dim=1, sorted=False).indices
-        selected_logits = logits.gather(2, indices.unsqueeze(1).expand(-1, logits.shape[1], -1))
-        selected_target = target.gather(1, indices)
-        return self.dice_loss(selected_logits.softmax(1), selected_target, None)
+    def _image_pool_gathered(self, inputs: PreparedInputs, keep: int) -> Tensor:
+        """Fast path: gather the ``keep`` hardest pixels of each image, Dice on those alone.
 
-    @torch.no_grad()
-    def _selection_mask(
-        self, logits: Tensor, target: Tensor, valid: Tensor | None, k: float
-    ) -> Tensor | None:
-        """0/1 weight ``(B, N)`` (``(B, C, N)`` for ``pool="class"``) of the hard set, or None."""
+        The ranking reuses the per-pixel CE when a CE term of the same compound loss has
+        computed it; the selected pixels' probabilities are then ``exp`` of the shared
+        log-softmax (one backward pass through it), else the softmax of the selected logits.
+        """
+        hardness = self._hardness(inputs)  # detached; computed outside no_grad so that the
+        indices = hardness.topk(keep, dim=1, sorted=False).indices  # shared CE is cached
+        selected_target = inputs.target.gather(1, indices)
+        if inputs.share_log_probs:
+            selected_probs = gather_pixels(inputs.log_probs(), indices).exp()
+            selected_target_probs = inputs.target_probs().gather(1, indices)
+        else:
+            selected_probs = gather_pixels(inputs.logits, indices).softmax(1)
+            selected_target_probs = None
+        return self.dice_loss(selected_probs, selected_target, None, None, selected_target_probs)
+
+    def _hardness(self, inputs: PreparedInputs) -> Tensor:
+        """No-grad difficulty ``(B, N)`` of each pixel (see the module docstring)."""
+        ce = inputs.ranking_ce()
+        return ce if self.difficulty == "ce" else 2.0 * (1.0 - (-ce).exp())
+
+    def _selection_mask(self, inputs: PreparedInputs, k: float) -> Tensor | None:
+        """0/1 weight ``(B, N)`` (``(B, C, N)`` for ``pool="class"``) of the hard set, or None.
+
+        Built from detached quantities only (no gradient), without ``torch.no_grad`` around the
+        shared ones so that what it computes first (the softmax) is cached with its gradient.
+        """
+        valid = inputs.valid
         if self.pool == "class":
-            probs = logits.softmax(1)
-            classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1)
-            error = torch.where(target.unsqueeze(1) == classes, 1.0 - probs, probs)
+            probs = inputs.probs().detach()
+            classes = torch.arange(probs.shape[1], device=probs.device).view(1, -1, 1)
+            error = torch.where(inputs.target.unsqueeze(1) == classes, 1.0 - probs, probs)
             class_valid = None if valid is None else valid.unsqueeze(1).expand_as(error)
             return top_k_mask(error, k, class_valid)
-        hardness = pixel_difficulty(logits, target, self.difficulty)
+        hardness = self._hardness(inputs)
         if self.pool == "image":
             return top_k_mask(hardness, k, valid)
         flat_valid = None if valid is None else valid.reshape(1, -1)
@@ -212,7 +241,8 @@ class TopKDiceLoss(_DiceBase):
         For ``pool="class"`` a pixel is marked when it is selected for any class.
         """
         inputs = self.prepare(logits, target)
-        mask = self._selection_mask(inputs.logits, inputs.target, inputs.valid, self.current_k)
+        with torch.autocast(device_type=inputs.logits.device.type, enabled=False):
+            mask = self._selection_mask(inputs, self.current_k)
         if mask is None:
             selected = torch.ones_like(inputs.target, dtype=torch.bool)
             if inputs.valid is not None:
@@ -264,8 +294,10 @@ class TopKCrossEntropyLoss(SegmentationLoss):
         self.k = check_percent("k", k)
         self.pool = check_choice("pool", pool, CE_POOLS)
 
+    uses_log_probs = True
+
     def compute(self, inputs: PreparedInputs) -> Tensor:
-        ce = F.cross_entropy(inputs.logits, inputs.target, reduction="none")
+        ce = -inputs.target_log_probs()  # per-pixel CE, shared with the other terms
         valid = inputs.valid
         if self.pool == "batch":
             ce = ce.reshape(1, -1)
@@ -311,6 +343,7 @@ class TopKCrossEntropyLoss(SegmentationLoss):
 
 __all__ = [
     "TopKCrossEntropyLoss",
+    "gather_pixels",
     "TopKDiceLoss",
     "num_selected",
     "pixel_difficulty",
