@@ -71,23 +71,28 @@ class CompoundLoss(nn.Module):
         self.last_values: dict[str, Tensor] = {}
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        # 1. one prepared input per (ignore_index, validate_args) of this package's terms
         prepared: dict[tuple[int | None, bool], PreparedInputs] = {}
+        shared: dict[str, PreparedInputs] = {}
+        if self.share:
+            for name, term in self.terms.items():
+                if isinstance(term, SegmentationLoss):
+                    key = (term.ignore_index, term.validate_args)
+                    if key not in prepared:
+                        prepared[key] = term.prepare(logits, target)
+                    shared[name] = prepared[key]
+                    prepared[key].share_log_probs |= term.uses_log_probs
         values: dict[str, Tensor] = {}
+        device_type = logits.device.type
+        # 2. every term announces its needs (e.g. a pixel selection), 3. every term computes
+        with torch.autocast(device_type=device_type, enabled=False):
+            for name, inputs in shared.items():
+                self.terms[name].plan(inputs)
         for name, term in self.terms.items():
-            if self.share and isinstance(term, SegmentationLoss):
-                key = (term.ignore_index, term.validate_args)
-                if key not in prepared:
-                    prepared[key] = term.prepare(logits, target)
-                    prepared[key].share_log_probs = any(
-                        other.uses_log_probs
-                        for other in self.terms.values()
-                        if isinstance(other, SegmentationLoss)
-                        and (other.ignore_index, other.validate_args) == key
-                    )
-                inputs = prepared[key]
-                with torch.autocast(device_type=inputs.logits.device.type, enabled=False):
-                    values[name] = term.compute(inputs)
-            else:
+            if name in shared:
+                with torch.autocast(device_type=device_type, enabled=False):
+                    values[name] = term.compute(shared[name])
+            else:  # a foreign module runs as it would on its own
                 values[name] = term(logits, target)
         total = sum(self.weights[name] * value for name, value in values.items())
         self.last_values = {name: value.detach() for name, value in values.items()}

@@ -104,11 +104,15 @@ def focal_factor(log_p: Tensor, gamma: float) -> Tensor:
     ``1 - p`` is taken as ``-expm1(log p)`` (exact for ``p`` near 1) and floored at the dtype's
     smallest normal number before the power: at a confident correct pixel ``1 - p`` rounds to
     0, where ``d/dx x^gamma = gamma x^(gamma - 1)`` is infinite for ``0 < gamma < 1`` and the
-    chain rule would give ``inf * 0 = NaN``. The floor changes the factor only where
-    ``1 - p < tiny``, where the loss ``-log p ~ 1 - p`` is below ``tiny`` too; the gradient there
-    is 0, the limit of the true one (``(1 - p)^(1 + gamma)`` near ``p = 1``).
+    chain rule would give ``inf * 0 = NaN`` (``gamma >= 1`` needs no floor). The floor changes
+    the factor only where ``1 - p < tiny``, where the loss ``-log p ~ 1 - p`` is below ``tiny``
+    too; the gradient there is 0, the limit of the true one (``(1 - p)^(1 + gamma)`` near 1).
     """
     one_minus_p = -torch.expm1(log_p)
+    if gamma == 2.0:  # the usual case: one product, gradient 2 (1 - p), finite
+        return one_minus_p.square()
+    if gamma >= 1.0:  # gamma x^(gamma - 1) is finite at x = 0
+        return one_minus_p.pow(gamma)
     return one_minus_p.clamp_min(torch.finfo(log_p.dtype).tiny).pow(gamma)
 
 

@@ -57,18 +57,49 @@ def soft_dice_score(
     if weight is not None and weight.ndim == 3:
         return _dice_from_sums(*_class_weighted_sums(probs, target, weight, squared), smooth, batch)
     num_images, num_classes, _ = probs.shape
-    denom_p = probs * probs if squared else probs
     p_target = target_probs
     if p_target is None:
         p_target = probs.gather(1, target.unsqueeze(1)).squeeze(1)
-    if weight is None:
-        prob_sum = denom_p.sum(-1)
-    else:
+    pixel_weight = None if weight is None else weight.unsqueeze(1)
+    prob_sum = power_sum(probs, pixel_weight, squared)
+    if weight is not None:
         p_target = p_target * weight
-        prob_sum = (denom_p * weight.unsqueeze(1)).sum(-1)
     intersection = probs.new_zeros(num_images, num_classes).scatter_add(1, target, p_target)
     target_sum = class_counts(target, num_classes, weight, probs.dtype)
     return _dice_from_sums(intersection, target_sum, prob_sum, smooth, batch)
+
+
+class _WeightedSquareSum(torch.autograd.Function):
+    """``sum_m w * p^2`` over the last axis, ``(B, C, M) -> (B, C)``; ``w`` (broadcastable to
+    ``p``, or None for 1) carries no gradient. Backward ``2 w p g`` in one pass (autograd's
+    ``p * p`` takes two products and a sum)."""
+
+    @staticmethod
+    def forward(ctx, probs: Tensor, weight: Tensor | None) -> Tensor:  # noqa: ANN205
+        ctx.save_for_backward(probs, weight)
+        squares = probs * probs
+        if weight is not None:
+            squares.mul_(weight)
+        return squares.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN205
+        probs, weight = ctx.saved_tensors
+        scale = (2.0 * grad).unsqueeze(-1)
+        if weight is not None:
+            scale = scale * weight
+        return probs * scale, None
+
+
+def power_sum(probs: Tensor, weight: Tensor | None, squared: bool) -> Tensor:
+    """``(B, C)``: ``sum_m w p^2`` (``squared``) or ``sum_m w p`` over the last axis; ``weight``
+    broadcastable to ``probs`` (no gradient) or None."""
+    if not squared:
+        return (probs if weight is None else probs * weight).sum(-1)
+    if probs.requires_grad and torch.is_grad_enabled():
+        return _WeightedSquareSum.apply(probs, None if weight is None else weight.detach())
+    squares = probs * probs
+    return (squares if weight is None else squares * weight).sum(-1)
 
 
 def class_counts(
@@ -317,10 +348,9 @@ class PixelwiseModulatedDiceLoss(_DiceBase):
                 factor = factor * valid.unsqueeze(1)
                 m_target = m_target * valid
                 wrong = wrong * valid
-        denom_p = probs * probs if self.squared else probs
         denom_target = p_target * p_target if self.squared else p_target
         zeros = probs.new_zeros(num_images, num_classes)
-        prob_sum = (denom_p * factor).sum(-1) + zeros.scatter_add(
+        prob_sum = power_sum(probs, factor, self.squared) + zeros.scatter_add(
             1, target, (m_target - wrong) * denom_target
         )
         intersection = zeros.scatter_add(1, target, m_target * p_target)

@@ -20,7 +20,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from losses.base import PreparedInputs, SegmentationLoss, check_choice, check_percent
+from losses.base import (
+    PreparedInputs,
+    SegmentationLoss,
+    check_choice,
+    check_percent,
+    gather_pixels,
+)
 from losses.dice import _DiceBase
 
 DIFFICULTIES = ("ce", "abs_error")
@@ -47,18 +53,6 @@ def pixel_difficulty(logits: Tensor, target: Tensor, difficulty: str) -> Tensor:
     if difficulty == "ce":
         return ce
     return 2.0 * (1.0 - (-ce).exp())
-
-
-def gather_pixels(values: Tensor, indices: Tensor) -> Tensor:
-    """``values[b, :, indices[b]]``: ``(B, C, N)`` and ``(B, K)`` -> ``(B, C, K)``.
-
-    One row-wise gather on the ``(B*C, N)`` view (about twice as fast on the CPU as a gather
-    with a broadcast index).
-    """
-    batch, classes, num_pixels = values.shape
-    rows = values.reshape(batch * classes, num_pixels)
-    picked = rows.gather(1, indices.repeat_interleave(classes, dim=0))
-    return picked.reshape(batch, classes, indices.shape[1])
 
 
 def _mask_from_indices(indices: Tensor, like: Tensor) -> Tensor:
@@ -178,10 +172,9 @@ class TopKDiceLoss(_DiceBase):
         self.check_classes(inputs)
         target, valid = inputs.target, inputs.valid
         k = self.current_k
-        if self.pool == "image" and valid is None:
-            keep = num_selected(k, target.shape[-1])
-            if keep < target.shape[-1]:
-                return self._image_pool_gathered(inputs, keep)
+        keep = self._gathered_keep(inputs)
+        if keep is not None:
+            return self._image_pool_gathered(inputs, keep)
         mask = self._selection_mask(inputs, k)
         probs = inputs.probs()
         if mask is None:
@@ -191,6 +184,24 @@ class TopKDiceLoss(_DiceBase):
         target_probs = None if weight is not None and weight.ndim == 3 else inputs.target_probs()
         return self.dice_loss(probs, target, weight, valid, target_probs)
 
+    def _plan_key(self) -> str:
+        return f"topk_dice:{id(self)}"
+
+    def _gathered_keep(self, inputs: PreparedInputs) -> int | None:
+        """Hard-set size of the gathered fast path (pool "image", no ignored pixel), or None."""
+        if self.pool != "image" or inputs.valid is not None:
+            return None
+        keep = num_selected(self.current_k, inputs.target.shape[-1])
+        return keep if keep < inputs.target.shape[-1] else None
+
+    def plan(self, inputs: PreparedInputs) -> None:
+        """Rank and select before the other terms run, so that the selected pixels' log-softmax
+        is gathered together with the CE's target entries (one backward scatter)."""
+        keep = self._gathered_keep(inputs)
+        if keep is not None and inputs.share_log_probs:
+            indices = self._hardness(inputs).topk(keep, dim=1, sorted=False).indices
+            inputs.plan_pixels(self._plan_key(), indices)
+
     def _image_pool_gathered(self, inputs: PreparedInputs, keep: int) -> Tensor:
         """Fast path: gather the ``keep`` hardest pixels of each image, Dice on those alone.
 
@@ -198,12 +209,16 @@ class TopKDiceLoss(_DiceBase):
         computed it; the selected pixels' probabilities are then ``exp`` of the shared
         log-softmax (one backward pass through it), else the softmax of the selected logits.
         """
-        hardness = self._hardness(inputs)  # detached; computed outside no_grad so that the
-        indices = hardness.topk(keep, dim=1, sorted=False).indices  # shared CE is cached
+        key = self._plan_key()
+        indices = inputs.planned_pixels(key)
+        if indices is None:
+            hardness = self._hardness(inputs)  # detached; computed outside no_grad so that
+            indices = hardness.topk(keep, dim=1, sorted=False).indices  # the shared CE caches
         selected_target = inputs.target.gather(1, indices)
         if inputs.share_log_probs:
-            selected_probs = gather_pixels(inputs.log_probs(), indices).exp()
-            selected_target_probs = inputs.target_probs().gather(1, indices)
+            selected_probs = inputs.selected_log_probs(key, indices).exp()
+            selected_target_probs = selected_probs.gather(1, selected_target.unsqueeze(1))
+            selected_target_probs = selected_target_probs.squeeze(1)
         else:
             selected_probs = gather_pixels(inputs.logits, indices).softmax(1)
             selected_target_probs = None

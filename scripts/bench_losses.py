@@ -7,7 +7,8 @@ the tensors alive at any moment, from torch's profiler memory timeline
 (``profile(profile_memory=True)``, ``export_memory_timeline(device="cpu")``), minus what was
 alive when the call started (so the logits themselves are not counted).
 Run with ``make bench-losses`` (options: ``--shape``, ``--repeats``, ``--threads``,
-``--no-memory``, ``--unshared`` to add each compound preset computed term by term).
+``--clock cpu`` for process CPU time instead of wall time, ``--no-memory``, ``--unshared`` to add
+each compound preset computed term by term).
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from torch.profiler import ProfilerActivity, profile
 
 from losses import PRESETS, CompoundLoss, TopKDiceLoss, build_loss
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
 
 def time_once(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> float:
-    """Seconds of one ``fn(logits, target).backward()``."""
+    """Seconds of one ``fn(logits, target).backward()`` (wall clock, or process CPU time)."""
     x = logits.detach().requires_grad_(True)
-    start = time.perf_counter()
+    start = clock()
     fn(x, target).backward()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def median_times(
@@ -74,7 +78,16 @@ def main() -> None:
     parser.add_argument(
         "--unshared", action="store_true", help="also time compound presets term by term"
     )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall (default) or cpu: process CPU time, steadier on a shared machine with "
+        "--threads 1",
+    )
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     batch, classes, height, width = args.shape
@@ -117,7 +130,7 @@ def main() -> None:
     )
     print(
         f"logits {tuple(logits.shape)}, CPU, {torch.get_num_threads()} threads, "
-        f"median of {args.repeats} forward+backward runs (round-robin), "
+        f"median {args.clock} time of {args.repeats} forward+backward runs (round-robin), "
         f"torch {torch.__version__}; peak MB: torch profiler memory timeline of one "
         f"forward+backward (tensors allocated during the call)\n"
     )

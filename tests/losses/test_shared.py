@@ -157,3 +157,29 @@ def test_common_work_is_done_once(name, shared, alone):
     assert counts["aten::_log_softmax_backward_data"] == 1  # one backward through the softmax
     counts = count_ops(unshared(loss_fn), logits, target, ops)
     assert {op: counts[op] for op in alone} == alone
+
+
+def test_shared_building_blocks_gradcheck():
+    # the two custom backward passes: one scatter for all gathers, 2 w p g for the square sums
+    from losses.base import PreparedInputs
+    from losses.dice import power_sum
+
+    logits, target = make_inputs(batch=2, classes=3, spatial=(7,), dtype=torch.float64)
+    weight = torch.rand(2, 1, 7, dtype=torch.float64)
+    for w in (None, weight, weight.expand(2, 3, 7)):
+        assert torch.autograd.gradcheck(
+            lambda p, w=w: power_sum(p, w, True), (logits.softmax(1).requires_grad_(True),)
+        )
+    indices = torch.tensor([[0, 3], [6, 1]])
+
+    def gathered(x):
+        inputs = PreparedInputs(x, target, None, share_log_probs=True)
+        inputs.plan_pixels("a", indices)
+        inputs.plan_pixels("b", indices[:, :1])
+        return (
+            inputs.target_log_probs(),
+            inputs.selected_log_probs("a", indices),
+            inputs.selected_log_probs("b", indices[:, :1]),
+        )
+
+    assert torch.autograd.gradcheck(gathered, (logits.clone().requires_grad_(True),))
