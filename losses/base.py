@@ -75,7 +75,10 @@ class PreparedInputs:
         if "target_log_probs" not in self._cache and self._planned and torch.is_grad_enabled():
             keys = list(self._planned)
             outputs = _GatherLogProbs.apply(
-                self.log_probs(), self.target, *(self._planned[key] for key in keys)
+                self.log_probs(),
+                self.target,
+                self._cache.get("ranking_ce"),  # the target entries' values, if gathered
+                *(self._planned[key] for key in keys),
             )
             self._cache["target_log_probs"] = outputs[0]
             for key, selected in zip(keys, outputs[1:], strict=True):
@@ -153,19 +156,26 @@ def gather_pixels(values: Tensor, indices: Tensor) -> Tensor:
 
 
 class _GatherLogProbs(torch.autograd.Function):
-    """``(log_probs (B, C, N), target (B, N), *indices (B, K_j))`` ->
+    """``(log_probs (B, C, N), target (B, N), ranking_ce, *indices (B, K_j))`` ->
     ``(log_probs at the targets (B, N), *log_probs at each selection (B, C, K_j))``.
 
     The same values as separate gathers; the backward pass scatters every output's gradient
     into ONE zero buffer instead of one full-size buffer per gather plus their sum.
+    ``ranking_ce``: ``-log_probs`` at the targets already gathered without gradient (reused
+    instead of a second gather), or None.
     """
 
     @staticmethod
-    def forward(ctx, log_probs: Tensor, target: Tensor, *indices: Tensor):  # noqa: ANN205
+    def forward(  # noqa: ANN205
+        ctx, log_probs: Tensor, target: Tensor, ranking_ce: Tensor | None, *indices: Tensor
+    ):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(target, *indices)
         ctx.shape = log_probs.shape
-        outputs = [log_probs.gather(1, target.unsqueeze(1)).squeeze(1)]
+        if ranking_ce is None:
+            outputs = [log_probs.gather(1, target.unsqueeze(1)).squeeze(1)]
+        else:
+            outputs = [-ranking_ce]
         outputs += [gather_pixels(log_probs, index) for index in indices]
         return tuple(outputs)
 
@@ -176,7 +186,7 @@ class _GatherLogProbs(torch.autograd.Function):
         grad_target, grad_selected = grads[0], grads[1:]
         reference = next((g for g in grads if g is not None), None)
         if reference is None:
-            return (None, None, *(None for _ in indices))
+            return (None, None, None, *(None for _ in indices))
         buffer = reference.new_zeros(ctx.shape)
         if grad_target is not None:
             buffer.scatter_add_(1, target.unsqueeze(1), grad_target.unsqueeze(1))
@@ -186,7 +196,7 @@ class _GatherLogProbs(torch.autograd.Function):
                 rows.scatter_add_(
                     1, index.repeat_interleave(classes, dim=0), grad.reshape(batch * classes, -1)
                 )
-        return (buffer, None, *(None for _ in indices))
+        return (buffer, None, None, *(None for _ in indices))
 
 
 def prepare_inputs(

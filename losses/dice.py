@@ -91,6 +91,33 @@ class _WeightedSquareSum(torch.autograd.Function):
         return probs * scale, None
 
 
+class _ExpSquareSum(torch.autograd.Function):
+    """``sum_m w * exp(2 x)`` over the last axis (``x`` a log-probability, so ``sum w p^2``),
+    ``(B, C, M) -> (B, C)``; backward ``2 w p^2 g``: one full-size temporary each way."""
+
+    @staticmethod
+    def forward(ctx, log_probs: Tensor, weight: Tensor | None) -> Tensor:  # noqa: ANN205
+        squares = (2.0 * log_probs).exp_()
+        if weight is not None:
+            squares.mul_(weight)
+        ctx.save_for_backward(squares)
+        return squares.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN205
+        (squares,) = ctx.saved_tensors
+        return squares * (2.0 * grad).unsqueeze(-1), None
+
+
+def exp_square_sum(log_probs: Tensor, weight: Tensor | None) -> Tensor:
+    """``(B, C)``: ``sum_m w exp(2 log_probs)`` (``= sum w p^2``) over the last axis; ``weight``
+    broadcastable (no gradient) or None."""
+    if log_probs.requires_grad and torch.is_grad_enabled():
+        return _ExpSquareSum.apply(log_probs, None if weight is None else weight.detach())
+    squares = (2.0 * log_probs).exp()
+    return (squares if weight is None else squares * weight).sum(-1)
+
+
 def power_sum(probs: Tensor, weight: Tensor | None, squared: bool) -> Tensor:
     """``(B, C)``: ``sum_m w p^2`` (``squared``) or ``sum_m w p`` over the last axis; ``weight``
     broadcastable to ``probs`` (no gradient) or None."""
@@ -256,9 +283,27 @@ class SoftDiceLoss(_DiceBase):
 
     def compute(self, inputs: PreparedInputs) -> Tensor:
         self.check_classes(inputs)
+        if inputs.share_log_probs and self.squared:
+            return self._from_log_probs(inputs)
         probs = inputs.probs()
         weight = None if inputs.valid is None else inputs.valid.to(probs.dtype)
         return self.dice_loss(probs, inputs.target, weight, inputs.valid, inputs.target_probs())
+
+    def _from_log_probs(self, inputs: PreparedInputs) -> Tensor:
+        """The same Dice from the shared log-softmax without materialising the softmax:
+        ``sum p^2 = sum exp(2 log p)`` in one pass (:func:`exp_square_sum`) and
+        ``sum y p = scatter(exp(log p_y))``."""
+        log_probs, target, valid = inputs.log_probs(), inputs.target, inputs.valid
+        weight = None if valid is None else valid.to(log_probs.dtype)
+        p_target = inputs.target_probs()
+        prob_sum = exp_square_sum(log_probs, None if weight is None else weight.unsqueeze(1))
+        if weight is not None:
+            p_target = p_target * weight
+        num_images, num_classes = log_probs.shape[:2]
+        intersection = log_probs.new_zeros(num_images, num_classes).scatter_add(1, target, p_target)
+        target_sum = class_counts(target, num_classes, weight, log_probs.dtype)
+        scores = _dice_from_sums(intersection, target_sum, prob_sum, self.smooth, self.batch)
+        return self.loss_from_scores(scores, valid)
 
 
 class PixelwiseModulatedDiceLoss(_DiceBase):

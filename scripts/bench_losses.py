@@ -67,6 +67,14 @@ def peak_memory(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> flo
     return float(max(totals) - totals[0]) if totals else float("nan")
 
 
+def _under_autocast(fn: Callable) -> Callable:
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(x, t)
+
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -85,6 +93,12 @@ def main() -> None:
         help="wall (default) or cpu: process CPU time, steadier on a shared machine with "
         "--threads 1",
     )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 logits, every call under torch.autocast(bf16): the losses still compute in "
+        "float32 (the memory column then shows what that costs)",
+    )
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
@@ -95,6 +109,8 @@ def main() -> None:
     logits = torch.randn(batch, classes, height, width, generator=gen)
     target = torch.randint(0, classes, (batch, height, width), generator=gen)
     target_monai = target.unsqueeze(1)
+    if args.bf16:
+        logits = logits.to(torch.bfloat16)
 
     monai_dice = DiceLoss(
         softmax=True, to_onehot_y=True, squared_pred=True, smooth_nr=1e-5, smooth_dr=1e-5
@@ -117,6 +133,8 @@ def main() -> None:
         "MONAI DiceCELoss": lambda x, t: monai_dice_ce(x, target_monai),
         **candidates,
     }
+    if args.bf16:
+        fns = {name: _under_autocast(fn) for name, fn in fns.items()}
     medians = median_times(fns, logits, target, args.repeats)
     memory = (
         {name: float("nan") for name in fns}
@@ -129,7 +147,8 @@ def main() -> None:
         medians["ce"],
     )
     print(
-        f"logits {tuple(logits.shape)}, CPU, {torch.get_num_threads()} threads, "
+        f"logits {tuple(logits.shape)} {str(logits.dtype).removeprefix('torch.')}"
+        f"{' under bf16 autocast' if args.bf16 else ''}, CPU, {torch.get_num_threads()} threads, "
         f"median {args.clock} time of {args.repeats} forward+backward runs (round-robin), "
         f"torch {torch.__version__}; peak MB: torch profiler memory timeline of one "
         f"forward+backward (tensors allocated during the call)\n"

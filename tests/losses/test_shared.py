@@ -162,7 +162,7 @@ def test_common_work_is_done_once(name, shared, alone):
 def test_shared_building_blocks_gradcheck():
     # the two custom backward passes: one scatter for all gathers, 2 w p g for the square sums
     from losses.base import PreparedInputs
-    from losses.dice import power_sum
+    from losses.dice import exp_square_sum, power_sum
 
     logits, target = make_inputs(batch=2, classes=3, spatial=(7,), dtype=torch.float64)
     weight = torch.rand(2, 1, 7, dtype=torch.float64)
@@ -170,6 +170,10 @@ def test_shared_building_blocks_gradcheck():
         assert torch.autograd.gradcheck(
             lambda p, w=w: power_sum(p, w, True), (logits.softmax(1).requires_grad_(True),)
         )
+        log_probs = logits.log_softmax(1).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda x, w=w: exp_square_sum(x, w), (log_probs,))
+        expected = power_sum(log_probs.detach().exp(), w, True)
+        assert torch.allclose(exp_square_sum(log_probs.detach(), w), expected)
     indices = torch.tensor([[0, 3], [6, 1]])
 
     def gathered(x):
