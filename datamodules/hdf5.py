@@ -107,8 +107,10 @@ class _H5Dataset(Dataset):
 class SliceDataset(_H5Dataset):
     """2D slices of every case of a split file, transformed for training or validation.
 
-    Item: ``{"image": float32 (C, S, S), "label": int64 (S, S)}`` with S the transform's size
-    (``datamodules.transforms``; ``None``: the stored slice as it is).
+    Item: ``{"image": float32 (C, S, S), "label": int64 (S, S), "case": str, "slice": int}``
+    with S the transform's size (``datamodules.transforms``; ``None``: the stored slice as it
+    is); ``case`` and ``slice`` (index along D) name where the slice came from, so a failing
+    training step can say which data it saw.
     """
 
     def __init__(self, path: str | Path, transform: SliceTransform | None) -> None:
@@ -129,9 +131,10 @@ class SliceDataset(_H5Dataset):
     def __len__(self) -> int:
         return int(self.depths.sum())
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         self._ensure_open()
-        image, label = self._read_slice(int(self.case_index[index]), int(self.slice_index[index]))
+        case, z = int(self.case_index[index]), int(self.slice_index[index])
+        image, label = self._read_slice(case, z)
         image = image.transpose(1, 2, 0)  # (H, W, C) for albumentations / cv2
         if self.transform is not None:
             out = self.transform(image=image, mask=label)
@@ -141,7 +144,12 @@ class SliceDataset(_H5Dataset):
         image = np.ascontiguousarray(image.transpose(2, 0, 1))
         if not image.flags.writeable:
             image = image.copy()
-        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label.astype(np.int64))}
+        return {
+            "image": torch.from_numpy(image),
+            "label": torch.from_numpy(label.astype(np.int64)),
+            "case": self.cases[case],
+            "slice": z,
+        }
 
 
 def _case_geometry(attrs: Any) -> dict[str, Any]:

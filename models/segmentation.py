@@ -237,8 +237,8 @@ class SegmentationModel(L.LightningModule):
             FloatingPointError: if the loss is NaN or infinite. The run stops before the
                 backward pass and the optimiser step, so no checkpoint ever holds the weights
                 that the bad batch would produce; the message names the global step, the batch
-                index and the batch's case ids (the ``case`` / ``index`` keys of the batch when
-                the loader provides them).
+                index and the batch's case ids (the ``case`` / ``slice`` keys that
+                ``SliceDataset`` items carry). Under DDP all processes stop at the same step.
             ValueError, TypeError: the loss's own input errors (e.g. non-finite logits under
                 ``validate_args``), re-raised with the same context appended.
         """
@@ -246,19 +246,26 @@ class SegmentationModel(L.LightningModule):
         if hasattr(self.loss, "set_step"):
             self.loss.set_step(self.global_step)
         logits = self(image)
+        error: ValueError | TypeError | None = None
         try:
             loss = self._criterion(logits, target)
         except (ValueError, TypeError) as err:
+            error, loss = err, None
+        failed = error is not None or not bool(torch.isfinite(loss))
+        # under DDP every process stops at the same step (else the others wait in a collective)
+        if self._on_any_process(failed):
             context = self._batch_context(batch, batch_idx)
-            if type(err) in (ValueError, TypeError):
-                raise type(err)(f"{err} [{context}]") from err
-            err.add_note(context)
-            raise
-        if not bool(torch.isfinite(loss)):
-            context = self._batch_context(batch, batch_idx)
+            if error is not None:
+                if type(error) in (ValueError, TypeError):
+                    raise type(error)(f"{error} [{context}]") from error
+                error.add_note(context)
+                raise error
+            if failed:
+                what = f"Non-finite training loss ({loss.item()})"
+            else:
+                what = "Non-finite training loss or loss error on another process"
             raise FloatingPointError(
-                f"Non-finite training loss ({loss.item()}) [{context}]. The run stops before "
-                "this step's update: the last saved checkpoint is the last good state (resume "
+                f"{what} [{context}]. The run stops before this step's update: the last saved checkpoint is the last good state (resume "
                 "from it after fixing the data, the learning rate or the precision)."
             )
         bs = image.shape[0]
@@ -269,6 +276,14 @@ class SegmentationModel(L.LightningModule):
                 self.log(f"train/loss/{metric_key(str(name))}", value, batch_size=bs)
         return loss
 
+    def _on_any_process(self, flag: bool) -> bool:
+        """``flag`` OR-reduced over the processes of a distributed run (one all-reduce per call
+        when there are several processes; ``flag`` itself otherwise)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return flag
+        return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
+
     def _batch_context(self, batch: dict[str, Any], batch_idx: int) -> str:
         """``"global step 12, epoch 0, batch 3, cases ['case0001 slice 40', ...]"``."""
         cases = batch.get("case")
@@ -277,7 +292,7 @@ class SegmentationModel(L.LightningModule):
             where = f"case ids not in the batch (keys: {keys})"
         else:
             cases = [cases] if isinstance(cases, str) else [str(c) for c in cases]
-            index = batch.get("index")
+            index = batch.get("slice")
             if index is not None:
                 index = torch.as_tensor(index).reshape(-1).tolist()
             if index is not None and len(index) == len(cases):

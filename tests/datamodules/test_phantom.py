@@ -124,6 +124,7 @@ def test_loaders_two_workers(tmp_path) -> None:
     batches = list(dm.train_dataloader())
     assert sum(b["image"].shape[0] for b in batches) == 16
     assert batches[0]["image"].shape == (4, 1, 32, 32)
+    assert len(batches[0]["case"]) == 4 and batches[0]["slice"].shape == (4,)
     val = next(iter(dm.val_dataloader()))
     assert val["image"].shape == (4, 1, 32, 32) and val["label"].dtype == torch.int64
     dm.setup("test")
@@ -145,6 +146,7 @@ def test_val_is_plain_resize(tmp_path) -> None:
     dm.prepare_data()
     dm.setup("validate")
     item = dm.val_set[3]  # case phantom002, slice 3
+    assert (item["case"], item["slice"]) == ("phantom002", 3)  # named for the training guard
     with h5py.File(tmp_path / "val.h5", "r") as f:
         lab = f["phantom002"]["label"][3]
     np.testing.assert_array_equal(item["label"].numpy(), _nearest_on_centres(lab, 32))

@@ -34,7 +34,7 @@ class Slices(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = {"image": self.images[i], "label": self.labels[i]}
         if self.with_case_ids:
-            item |= {"case": f"case000{i // 4 + 1}", "index": i % 4}
+            item |= {"case": f"case000{i // 4 + 1}", "slice": i % 4}
         return item
 
 
