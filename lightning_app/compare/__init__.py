@@ -2,7 +2,7 @@
 
 Two modes (``make compare`` and ``make sweep-k``)::
 
-    python -m lightning_app.compare losses  --dataset phantom [--seeds 1]
+    python -m lightning_app.compare losses  --dataset phantom [--seeds 3]
         [--losses ce ce_dice focal_dice topk_ce_dice ce_topk_dice] [-- <Lightning CLI overrides>]
     python -m lightning_app.compare sweep-k --dataset phantom --k 5 10 20 50 100 [-- <overrides>]
 

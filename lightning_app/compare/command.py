@@ -8,7 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning_app.compare.launchers import run_comparison
+import yaml
+
+from lightning_app.compare.launchers import Launcher, LocalPool, run_comparison
 from lightning_app.compare.plan import (
     DEFAULT_K,
     REFERENCE_LOSS,
@@ -17,6 +19,7 @@ from lightning_app.compare.plan import (
     loss_entries,
     sweep_k_entries,
 )
+from lightning_app.compare.slurm import SlurmLauncher
 from losses import PAPER_LOSSES
 
 
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--seeds",
             type=int,
             default=None,
-            help="runs per row (default: 1 on the phantom, 3 elsewhere)",
+            help="runs per row (default: 3)",
         )
         p.add_argument("--first-seed", type=int, default=42, help="seeds are first..first+n-1")
         p.add_argument("--out", type=Path, default=None, help="default results/<dataset>")
@@ -56,6 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
             "--report-only", action="store_true", help="launch nothing; tabulate the finished runs"
         )
         p.add_argument("--dry-run", action="store_true", help="print the plan and commands")
+        p.add_argument(
+            "--launcher",
+            choices=("inprocess", "local", "slurm"),
+            default="inprocess",
+            help="inprocess: one run after another; local: --jobs runs at once on this machine; "
+            "slurm: one SLURM job per run (defaults in configs/launcher/<launcher>.yaml)",
+        )
+        p.add_argument(
+            "--jobs", type=int, default=None, help="local: runs at once (default: one per GPU)"
+        )
+        p.add_argument(
+            "--runs-per-gpu", type=int, default=None, help="local: runs packed on each GPU"
+        )
+        p.add_argument(
+            "--sbatch",
+            default="",
+            help='slurm: sbatch options, e.g. "--partition=gpu --gres=gpu:1"',
+        )
+        p.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="slurm: print the job ids and return; run the same command again to tabulate",
+        )
+        p.add_argument("--poll", type=float, default=None, help="slurm: seconds between squeues")
         if name == "losses":
             p.add_argument(
                 "--losses",
@@ -128,4 +155,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         test_ckpt=opts.test_ckpt,
         command=shlex.join(["python", "-m", "lightning_app.compare", *raw]),
     )
-    return run_comparison(comparison, report_only=opts.report_only, dry_run=opts.dry_run)
+    launcher = build_launcher(opts, comparison.configs_dir)
+    return run_comparison(
+        comparison, report_only=opts.report_only, dry_run=opts.dry_run, launcher=launcher
+    )
+
+
+def _launcher_defaults(configs_dir: Path, name: str) -> dict:
+    path = configs_dir / "launcher" / f"{name}.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def build_launcher(opts: argparse.Namespace, configs_dir: Path) -> Launcher | None:
+    """The launcher the options ask for, with ``configs/launcher/<name>.yaml``'s defaults.
+
+    Raises:
+        ValueError: ``--jobs``/``--runs-per-gpu`` below 1, or an unparsable ``--sbatch``.
+    """
+    defaults = _launcher_defaults(configs_dir, opts.launcher)
+    if opts.launcher == "local":
+        jobs = opts.jobs if opts.jobs is not None else defaults.get("jobs")
+        per_gpu = opts.runs_per_gpu or defaults.get("runs_per_gpu") or 1
+        return LocalPool(jobs=jobs, runs_per_gpu=int(per_gpu))
+    if opts.launcher == "slurm":
+        try:
+            user = shlex.split(opts.sbatch)
+        except ValueError as err:
+            raise ValueError(f"Expected `sbatch` options in shell syntax: {err}") from err
+        poll = opts.poll if opts.poll is not None else defaults.get("poll_seconds", 30)
+        return SlurmLauncher(
+            sbatch_args=[str(a) for a in defaults.get("sbatch") or []] + user,
+            wait=not opts.no_wait,
+            poll_seconds=float(poll),
+        )
+    return None

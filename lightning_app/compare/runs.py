@@ -1,8 +1,10 @@
-"""One run of a comparison: its state on disk (done / fitted / resume / stale / new) and the
-fit + test subprocesses that bring it to ``done``, whatever launcher calls them."""
+"""One run of a comparison: its state on disk (done / fitted / resume / stale / new), the
+fit + test subprocesses that bring it to ``done`` whatever launcher calls them, and the run's
+description as JSON for jobs that run elsewhere (:mod:`lightning_app.compare.job`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -10,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lightning_app.cli import RUN_NAME_ENV
-from lightning_app.compare.plan import FIT_DONE, PER_CASE_FILE, Comparison, Runner, RunSpec
+from lightning_app.compare.plan import (
+    FIT_DONE,
+    PER_CASE_FILE,
+    Comparison,
+    Entry,
+    Runner,
+    RunSpec,
+)
 
 
 # ---------------------------------------------------------------------- run states
@@ -23,6 +32,18 @@ def find_per_case_csv(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint an interrupted fit continues from: the newest of ``checkpoints/last.ckpt``
+    (written at every epoch end) and ``hpc_ckpt_<n>.ckpt`` (written by Lightning's SLURM
+    auto-requeue when the job receives the ``--signal`` of a time limit or preemption, mid-epoch);
+    ``None`` when there is neither."""
+    found = [p for p in run_dir.glob("hpc_ckpt_*.ckpt") if p.is_file()]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        found.append(last)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def run_state(run_dir: Path) -> str:
     """``done`` (test outputs exist), ``fitted`` (fit finished, not tested), ``resume`` (a
     last.ckpt to continue from), ``stale`` (a config but no checkpoint) or ``new``."""
@@ -31,7 +52,7 @@ def run_state(run_dir: Path) -> str:
     last = run_dir / "checkpoints" / "last.ckpt"
     if (run_dir / FIT_DONE).is_file() and last.is_file():
         return "fitted"
-    if last.is_file():
+    if resume_checkpoint(run_dir) is not None:
         return "resume"
     if (run_dir / "config.yaml").is_file():
         return "stale"
@@ -71,7 +92,27 @@ def _tail(path: Path, n: int = 30) -> str:
 def _execute(
     comparison: Comparison, spec: RunSpec, runner: Runner, log: Callable[[str], None]
 ) -> None:
-    """Bring one run to the ``done`` state (see :func:`run_state`)."""
+    """Bring one run of ``comparison`` to the ``done`` state (:func:`execute_run`)."""
+    execute_run(spec, comparison.python, comparison.test_ckpt, runner, log)
+
+
+def execute_run(
+    spec: RunSpec,
+    python: str,
+    test_ckpt: str,
+    runner: Runner,
+    log: Callable[[str], None],
+    env: dict[str, str] | None = None,
+) -> None:
+    """Bring one run to the ``done`` state (see :func:`run_state`): fit (new, or continued from
+    :func:`resume_checkpoint`) unless fitted, then test ``test_ckpt`` (``last`` or ``best``).
+
+    Args:
+        env: extra environment of the subprocesses (a launcher's device and thread settings).
+
+    Raises:
+        RuntimeError: the fit or test exited non-zero (log path and last lines included).
+    """
     state = run_state(spec.run_dir)
     if state == "done":
         log(f"  {spec.name}: finished, skipped")
@@ -83,13 +124,15 @@ def _execute(
         state = "new"
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = spec.run_dir / "compare.log"
-    env = {**os.environ, RUN_NAME_ENV: spec.name, "PYTHONUNBUFFERED": "1"}
-    base = [comparison.python, "-m", "lightning_app"]
+    env = {**os.environ, **(env or {}), RUN_NAME_ENV: spec.name, "PYTHONUNBUFFERED": "1"}
+    base = [python, "-m", "lightning_app"]
     if state in ("new", "resume"):
         cmd = [*base, "fit", *spec.args]
+        how = "new"
         if state == "resume":
-            cmd.append(f"--ckpt_path={spec.run_dir / 'checkpoints' / 'last.ckpt'}")
-        how = "continued from last.ckpt" if state == "resume" else "new"
+            ckpt = resume_checkpoint(spec.run_dir)
+            cmd.append(f"--ckpt_path={ckpt}")
+            how = f"continued from {ckpt.name}"
         log(f"  {spec.name}: fit ({how}), output in {log_path}")
         start = time.monotonic()
         if runner(cmd, log_path, env) != 0:
@@ -98,7 +141,7 @@ def _execute(
             )
         (spec.run_dir / FIT_DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
         log(f"  {spec.name}: fit done in {time.monotonic() - start:.0f} s")
-    ckpt = _test_checkpoint(spec.run_dir, comparison.test_ckpt)
+    ckpt = _test_checkpoint(spec.run_dir, test_ckpt)
     start = time.monotonic()
     if runner([*base, "test", *spec.args, f"--ckpt_path={ckpt}"], log_path, env) != 0:
         raise RuntimeError(
@@ -109,3 +152,35 @@ def _execute(
             f"The test of {spec.name} wrote no {PER_CASE_FILE} under {spec.run_dir}; log {log_path}"
         )
     log(f"  {spec.name}: test done in {time.monotonic() - start:.0f} s")
+
+
+# ---------------------------------------------------------------------- specs on disk
+def spec_to_json(spec: RunSpec, python: str, test_ckpt: str) -> str:
+    """What a job on another machine needs to run ``spec`` (read back by :func:`spec_from_json`)."""
+    entry = spec.entry
+    return json.dumps(
+        {
+            "entry": [entry.label, entry.key, entry.loss, list(entry.extra_args)],
+            "seed": spec.seed,
+            "name": spec.name,
+            "run_dir": str(spec.run_dir),
+            "args": list(spec.args),
+            "python": python,
+            "test_ckpt": test_ckpt,
+        },
+        indent=1,
+    )
+
+
+def spec_from_json(text: str) -> tuple[RunSpec, str, str]:
+    """``(spec, python, test_ckpt)`` written by :func:`spec_to_json`."""
+    d = json.loads(text)
+    label, key, loss, extra = d["entry"]
+    entry = Entry(label, key, loss, tuple(extra))
+    spec = RunSpec(entry, int(d["seed"]), d["name"], Path(d["run_dir"]), tuple(d["args"]))
+    return spec, d["python"], d["test_ckpt"]
+
+
+def prepare_command(python: str, spec: RunSpec) -> list[str]:
+    """The command that prepares the data of ``spec`` (``data_dir``) and nothing else."""
+    return [python, "-m", "lightning_app.compare.job", "prepare", "--", *spec.args]
