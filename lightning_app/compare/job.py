@@ -42,6 +42,9 @@ class ForwardingRunner:
     def __init__(self) -> None:
         self._child: subprocess.Popen | None = None
         self._lock = threading.Lock()
+        #: set by SIGTERM (a requeue, preemption or cancel): the step's exit status no longer
+        #: says that it finished (Lightning stops a fit gracefully on SIGTERM and exits 0)
+        self.terminated = False
 
     def install(self) -> None:
         for sig in self.SIGNALS:
@@ -50,6 +53,8 @@ class ForwardingRunner:
     def _forward(self, signum: int, frame: object) -> None:
         with self._lock:
             child = self._child
+            if signum == signal.SIGTERM:
+                self.terminated = True
         print(f"job: received signal {signum}, forwarding it to the running step", flush=True)
         if child is not None and child.poll() is None:
             child.send_signal(signum)
@@ -62,7 +67,8 @@ class ForwardingRunner:
             with self._lock:
                 self._child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             try:
-                return self._child.wait()
+                status = self._child.wait()
+                return 128 + signal.SIGTERM if self.terminated else status
             finally:
                 with self._lock:
                     self._child = None
@@ -105,6 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         execute_run(spec, python, test_ckpt, runner, lambda s: print(s, flush=True), _thread_env())
     except (RuntimeError, FileNotFoundError) as err:
+        if runner.terminated:
+            print(
+                f"job {job}: terminated (requeue, preemption, time limit or cancel); a restart "
+                "continues from the run's newest checkpoint",
+                flush=True,
+            )
+            return 128 + signal.SIGTERM
         print(f"job {job}: FAILED: {err}", flush=True)
         return 1
     print(f"job {job}: done", flush=True)
