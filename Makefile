@@ -32,7 +32,7 @@ RUN_CKPT   = $(if $(filter last,$(CKPT)),$(firstword $(shell ls -t logs/$(DATASE
 RUN_CONFIG = $(abspath $(dir $(RUN_CKPT))../config.yaml)
 EVAL_CONFIGS = $(if $(wildcard $(RUN_CONFIG)),--config $(RUN_CONFIG),--config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml)
 
-.PHONY: help install test test-full test-slurm lint format train eval predict compare sweep-k bench bench-losses bench-data bench-train bench-eval clean
+.PHONY: help install test test-full test-slurm lint format train eval predict compare sweep-k bench bench-losses bench-data bench-train bench-eval bench-grid clean
 
 help: ## List every target with its description
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -96,6 +96,9 @@ bench-data: $(STAMP) ## Time preprocessing of a Synapse-sized case and the train
 
 bench-train: $(STAMP) ## Training-loop throughput: Trainer.fit vs the bare model step on the phantom
 	$(PY) scripts/bench_train.py
+
+bench-grid: $(STAMP) ## Wall time of a 4-run local comparison grid with JOBS=1 and JOBS=2, and their ratio
+	$(PY) scripts/bench_grid.py
 
 bench-eval: $(STAMP) ## Time HD95 of one organ in a 100x512x512 volume against medpy's hd95 (CPU)
 	$(PY) scripts/bench_eval.py
