@@ -38,7 +38,6 @@ def tiny_args(data_dir: Path, image_size: int, epochs: int, accelerator: str) ->
         f"--trainer.accelerator={accelerator}",
         "--trainer.num_sanity_val_steps=0",
         "--trainer.enable_model_summary=false",
-        "--trainer.enable_progress_bar=false",
     ]
 
 
@@ -60,7 +59,8 @@ def main() -> int:
         prep = subprocess.run(
             [sys.executable, "-m", "lightning_app.compare.job", "prepare", "--",
              f"--config={REPO / 'configs' / 'base.yaml'}",
-             f"--config={REPO / 'configs' / 'data' / 'phantom.yaml'}", *args],
+             f"--config={REPO / 'configs' / 'data' / 'phantom.yaml'}",
+             f"--config={REPO / 'configs' / 'loss' / 'ce_dice.yaml'}", *args],
             cwd=REPO, env=env, capture_output=True, text=True,
         )  # fmt: skip
         if prep.returncode != 0:
@@ -89,10 +89,12 @@ def main() -> int:
                     return 1
                 label = f"JOBS={jobs}" + (f" RUNS_PER_GPU={per_gpu}" if opts.gpu else "")
                 print(f"  {label:<28} {times[jobs, per_gpu]:8.1f} s")
-        first = times[min(times)]
-        for key, seconds in times.items():
-            if key != min(times):
-                print(f"  speed-up {key} vs {min(times)}: {first / seconds:.2f}x")
+        first = min(times)
+        for (jobs, per_gpu), seconds in times.items():
+            if (jobs, per_gpu) != first:
+                label = f"JOBS={jobs}" + (f" RUNS_PER_GPU={per_gpu}" if opts.gpu else "")
+                ref = f"JOBS={first[0]}" + (f" RUNS_PER_GPU={first[1]}" if opts.gpu else "")
+                print(f"  speed-up {label} vs {ref}: {times[first] / seconds:.2f}x")
     return 0
 
 

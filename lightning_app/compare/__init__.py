@@ -40,6 +40,13 @@ single field of a list entry cannot be overridden on the command line. The table
 are then logged by a W&B run of their own (same project and group, job type ``comparison``;
 offline without credentials, nothing with ``WANDB_MODE=disabled``).
 
+Launchers (``--launcher``, ``make compare LAUNCHER=...``): ``inprocess`` (default, one run after
+another), ``local`` (``--jobs`` runs at once on this machine, one per GPU, ``--runs-per-gpu``;
+:class:`~lightning_app.compare.launchers.LocalPool`) and ``slurm`` (one ``sbatch`` job per run,
+``--sbatch``, ``--no-wait``; :mod:`lightning_app.compare.slurm`). The package's modules:
+``plan`` (what to run), ``runs`` (one run's state and steps), ``launchers`` and ``slurm`` (how
+to run it), ``job`` (what a launched job runs), ``report`` (tables, plots, W&B), ``command``.
+
 Outputs in ``<out>`` (default ``results/<dataset>``), ``<name>`` = ``comparison`` or ``sweep_k``:
 
 - ``<name>.md``: the table in the poster's layout (rows in the poster's order, named as in the
@@ -54,7 +61,7 @@ Outputs in ``<out>`` (default ``results/<dataset>``), ``<name>`` = ``comparison`
 """
 
 from lightning_app.compare.command import build_parser, main
-from lightning_app.compare.launchers import run_comparison
+from lightning_app.compare.launchers import LocalPool, run_comparison
 from lightning_app.compare.plan import (
     DEFAULT_K,
     FIT_DONE,
@@ -72,6 +79,7 @@ from lightning_app.compare.runs import find_per_case_csv, run_state
 __all__ = [
     "DEFAULT_K",
     "FIT_DONE",
+    "LocalPool",
     "PER_CASE_FILE",
     "Comparison",
     "Entry",

@@ -81,6 +81,7 @@ def prepare(cli_args: Sequence[str]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="compare-prepare-") as scratch:
         args = [*cli_args, "--trainer.logger=false", f"--trainer.default_root_dir={scratch}"]
+        sys.argv = sys.argv[:1]  # the arguments are given explicitly (LightningCLI warns otherwise)
         cli = SegmentationCLI(args=args, run=False)
         cli.datamodule.prepare_data()
         print(f"prepared: {getattr(cli.datamodule, 'data_dir', '?')}", flush=True)
