@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ import pytest
 from lightning_app.compare import run_comparison
 from lightning_app.compare.command import build_launcher
 from lightning_app.compare.job import ForwardingRunner
+from lightning_app.compare.job import main as job_main
 from lightning_app.compare.launchers import LocalPool, visible_gpus
 from lightning_app.compare.runs import (
     resume_checkpoint,
@@ -209,8 +209,6 @@ def test_forwarding_runner_marks_a_terminated_step(tmp_path: Path) -> None:
             signal.signal(sig, handler)
 
 
-def test_job_usage_message() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "lightning_app.compare.job"], capture_output=True, text=True
-    )
-    assert out.returncode == 2 and "usage" in out.stdout
+def test_job_usage_message(capsys: pytest.CaptureFixture) -> None:
+    assert job_main(["bogus"]) == 2
+    assert "usage" in capsys.readouterr().out
