@@ -16,6 +16,15 @@ LOSSES  ?= ce ce_dice focal_dice topk_ce_dice ce_topk_dice
 K       ?= 5 10 20 50 100
 INPUT   ?=
 OUTPUT  ?= predictions
+# make compare / sweep-k: LAUNCHER=inprocess|local|slurm, JOBS=N and RUNS_PER_GPU=k (local),
+# SBATCH="<sbatch options>" and NO_WAIT=1 (slurm), OPTS="<more lightning_app.compare options>"
+LAUNCHER ?= inprocess
+JOBS    ?=
+RUNS_PER_GPU ?=
+SBATCH  ?=
+NO_WAIT ?=
+OPTS    ?=
+LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(JOBS),--jobs $(JOBS)) $(if $(RUNS_PER_GPU),--runs-per-gpu $(RUNS_PER_GPU)) $(if $(SBATCH),--sbatch='$(SBATCH)') $(if $(NO_WAIT),--no-wait) $(OPTS)
 
 # eval / predict: CKPT=last (default) takes the newest logs/$(DATASET)/$(LOSS)/*/checkpoints/last.ckpt;
 # the run's config.yaml next to the checkpoint's folder gives the dataset (else base + data + loss configs)
@@ -23,13 +32,14 @@ RUN_CKPT   = $(if $(filter last,$(CKPT)),$(firstword $(shell ls -t logs/$(DATASE
 RUN_CONFIG = $(abspath $(dir $(RUN_CKPT))../config.yaml)
 EVAL_CONFIGS = $(if $(wildcard $(RUN_CONFIG)),--config $(RUN_CONFIG),--config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml)
 
-.PHONY: help install test test-full lint format train eval predict compare sweep-k bench bench-losses bench-data bench-train bench-eval clean
+.PHONY: help install test test-full test-slurm lint format train eval predict compare sweep-k bench bench-losses bench-data bench-train bench-eval bench-grid clean
 
 help: ## List every target with its description
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo ""
 	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) CKPT=$(CKPT) SEEDS=$(SEEDS) LOSSES='$(LOSSES)' K='$(K)'"
 	@echo "           INPUT= OUTPUT=$(OUTPUT) ARGS='<Lightning CLI overrides>'"
+	@echo "           LAUNCHER=$(LAUNCHER) JOBS=$(JOBS) RUNS_PER_GPU=$(RUNS_PER_GPU) SBATCH='$(SBATCH)' NO_WAIT=$(NO_WAIT) OPTS='$(OPTS)'"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,10 +50,15 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv/ and install the project with its dev extras (idempotent)
 
 test: $(STAMP) ## Run the fast tests (installs first if needed)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow and not slurm" -q
 
-test-full: $(STAMP) ## Run every test, the slow ones (DDP, resume, overfit) included
+test-full: $(STAMP) ## Run every test, the slow ones (DDP, resume, overfit) and the SLURM ones included
+	scripts/slurm_local.sh install
 	$(PY) -m pytest -q
+
+test-slurm: $(STAMP) ## Run the SLURM tests on a single-node SLURM that they start (installs SLURM if missing, needs root)
+	scripts/slurm_local.sh install
+	$(PY) -m pytest -m slurm -q
 
 lint: $(STAMP) ## Lint with ruff
 	$(VENV)/bin/ruff check .
@@ -64,11 +79,11 @@ predict: $(STAMP) ## Segment NIfTI volumes: make predict CKPT=<.ckpt> INPUT=<.ni
 	@test -f "$(RUN_CKPT)" || { echo "make predict: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>)" >&2; exit 2; }
 	$(PY) -m lightning_app.predict --ckpt $(RUN_CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
 
-compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice"
-	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) -- $(ARGS)
+compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice" [LAUNCHER=local JOBS=2 | LAUNCHER=slurm SBATCH="--gres=gpu:1"]
+	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) $(LAUNCH_OPTS) -- $(ARGS)
 
 sweep-k: $(STAMP) ## CE + topK-Dice for each K; results/$(DATASET)/sweep_k.md: make sweep-k K="5 10 20 50 100"
-	$(PY) -m lightning_app.compare sweep-k --dataset $(DATASET) --k $(K) $(if $(SEEDS),--seeds $(SEEDS)) -- $(ARGS)
+	$(PY) -m lightning_app.compare sweep-k --dataset $(DATASET) --k $(K) $(if $(SEEDS),--seeds $(SEEDS)) $(LAUNCH_OPTS) -- $(ARGS)
 
 bench: $(STAMP) ## Run every bench-* script (scripts/bench_*.py) and write one report, results/bench.md
 	$(PY) scripts/bench_all.py
@@ -81,6 +96,9 @@ bench-data: $(STAMP) ## Time preprocessing of a Synapse-sized case and the train
 
 bench-train: $(STAMP) ## Training-loop throughput: Trainer.fit vs the bare model step on the phantom
 	$(PY) scripts/bench_train.py
+
+bench-grid: $(STAMP) ## Wall time of a 4-run local comparison grid with JOBS=1 and JOBS=2, and their ratio
+	$(PY) scripts/bench_grid.py
 
 bench-eval: $(STAMP) ## Time HD95 of one organ in a 100x512x512 volume against medpy's hd95 (CPU)
 	$(PY) scripts/bench_eval.py

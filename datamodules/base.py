@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.hdf5 import FORMAT_VERSION, SPLITS, SliceDataset, VolumeDataset
+from datamodules.locking import data_dir_lock
 from datamodules.raw import CaseData, CaseSpec, check_finite
 from datamodules.transforms import (
     DataProtocol,
@@ -215,8 +216,14 @@ class SliceDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Write ``data_dir/{train,val,test}.h5`` unless they are up to date (see module doc).
 
-        Stores nothing on ``self`` (Lightning calls it on one process per node only).
+        Stores nothing on ``self`` (Lightning calls it on one process per node only). Holds
+        ``<data_dir>.lock`` (:mod:`datamodules.locking`): concurrent callers wait for the
+        first, then find the files up to date.
         """
+        with data_dir_lock(self.data_dir):
+            self._prepare_data_locked()
+
+    def _prepare_data_locked(self) -> None:
         plan = self._plan()
         self._check_splits(plan)
         fp = self.fingerprint(plan)

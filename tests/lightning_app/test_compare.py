@@ -531,8 +531,9 @@ def test_main_dry_run_and_bad_arguments(
     assert main(["losses", "--losses", "ce,ce_dice", "--out", str(out), "--dry-run",
                  "--", "--trainer.max_epochs=1"]) == {}  # fmt: skip
     text = capsys.readouterr().out
-    assert "2 rows x 1 seeds on phantom" in text
-    assert re.search(r"\[new\] compare-ce-seed42-[0-9a-f]{8}", text)
+    assert "2 rows x 3 seeds on phantom" in text  # 3 seeds by default, the phantom too
+    for seed in (42, 43, 44):
+        assert re.search(rf"\[new\] compare-ce-seed{seed}-[0-9a-f]{{8}}", text)
     assert "--trainer.max_epochs=1" in text and not out.exists()
     with pytest.raises(ValueError, match=r"`seeds` to be >= 1"):
         main(["losses", "--seeds", "0", "--dry-run"])

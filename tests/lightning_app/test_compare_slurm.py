@@ -1,0 +1,184 @@
+"""The comparison grid on a real single-node SLURM (issue 10); ``make test-slurm``.
+
+The module starts SLURM with ``scripts/slurm_local.sh up`` (root; installs the Debian packages
+if missing) unless one already answers ``sinfo``, and stops what it started at the end. The
+trainings are tiny (8x64x64 phantom volumes, 1-3 epochs, one thread per run).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIGS, REPO
+
+pytestmark = pytest.mark.slurm
+
+SCRIPT = REPO / "scripts" / "slurm_local.sh"
+
+
+def _tiny(data_dir: Path, epochs: int, num_train: int = 2) -> list[str]:
+    return [
+        f"--data.num_train={num_train}",
+        "--data.num_val=1",
+        "--data.num_test=2",
+        "--data.volume_shape=[8,64,64]",
+        "--data.image_size=64",
+        "--data.batch_size=4",
+        "--data.num_workers=0",
+        "--data.progress=false",
+        f"--data.data_dir={data_dir}",
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_model_summary=false",
+        "--trainer.log_every_n_steps=1",
+    ]
+
+
+def _sinfo_ok() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[None]:
+    """A SLURM to submit to: the one that answers, else ``scripts/slurm_local.sh up``."""
+    saved = os.environ.get("SLURM_CONF")
+    started = False
+    if not _sinfo_ok():
+        if os.geteuid() != 0 and shutil.which("slurmctld") is None:
+            pytest.skip("no SLURM answers and installing one needs root")
+        out = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=900)
+        started = True
+        if out.returncode != 0:
+            subprocess.run([str(SCRIPT), "down"], capture_output=True)
+            pytest.fail(f"slurm_local.sh up failed:\n{out.stdout}\n{out.stderr}")
+        conf = [ln.split("=", 1)[1] for ln in out.stdout.splitlines() if "SLURM_CONF=" in ln]
+        os.environ["SLURM_CONF"] = conf[-1]
+    try:
+        yield
+    finally:
+        if started:
+            subprocess.run([str(SCRIPT), "down"], capture_output=True, timeout=120)
+            if saved is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = saved
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    return dict(os.environ)
+
+
+def _compare(out: Path, args: list[str], *options: str, losses=("ce_dice",), seeds=1):
+    cmd = [sys.executable, "-m", "lightning_app.compare", "losses", "--dataset", "phantom",
+           "--losses", *losses, "--seeds", str(seeds), "--out", str(out), *options, "--", *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_make_compare_on_slurm_equals_local(slurm: None, env: dict, tmp_path: Path) -> None:
+    """2 losses x 2 seeds through `make compare LAUNCHER=slurm`, then the same runs with
+    LAUNCHER=local JOBS=2: the same table and per-case scores (one thread per run on both)."""
+    args = " ".join(_tiny(tmp_path / "data", epochs=1))
+    common = ["DATASET=phantom", "SEEDS=2", "LOSSES=ce_dice ce_topk_dice", f"ARGS={args}"]
+    slurm_out, local_out = tmp_path / "slurm", tmp_path / "local"
+    run = subprocess.run(
+        ["make", "--no-print-directory", "compare", *common, "LAUNCHER=slurm",
+         "SBATCH=--cpus-per-task=1 --mem=1G", f"OPTS=--out {slurm_out} --poll 2"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "data prepared" in run.stdout
+    assert len([ln for ln in run.stdout.splitlines() if "slurm: submitted" in ln]) == 4
+    assert "0 pending, 0 running, 4 done" in run.stdout
+    jobs = list((slurm_out / "runs" / "slurm").glob("*.jobid"))
+    assert len(jobs) == 4
+    run = subprocess.run(
+        ["make", "--no-print-directory", "compare", *common, "LAUNCHER=local", "JOBS=2",
+         f"OPTS=--out {local_out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "local: 4 of 4 runs to do, 2 at once (CPU; 1 threads each)" in run.stdout
+    assert _rows(slurm_out / "comparison.csv") == _rows(local_out / "comparison.csv")
+    assert _rows(slurm_out / "comparison_per_case.csv") == _rows(
+        local_out / "comparison_per_case.csv"
+    )
+    assert (
+        len(_rows(slurm_out / "comparison_per_case.csv")) == 2 * 2 * 2 * 5
+    )  # runs x cases x classes
+
+
+def test_requeued_job_resumes_from_its_checkpoint(slurm: None, env: dict, tmp_path: Path) -> None:
+    """`scontrol requeue` mid-fit: the job runs again and continues the same run directory from
+    last.ckpt (a second fit attempt whose epochs continue), then the table completes."""
+    args = _tiny(tmp_path / "data", epochs=3, num_train=4)
+    out = tmp_path / "out"
+    sub = _compare(out, args, "--launcher", "slurm", "--sbatch=--cpus-per-task=1", "--no-wait")
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    assert "run the same command again" in sub.stdout
+    job = next((out / "runs" / "slurm").glob("*.jobid")).read_text().strip()
+    deadline = time.monotonic() + 300
+    while not list((out / "runs").glob("compare-*/checkpoints/last.ckpt")):
+        assert time.monotonic() < deadline, "no last.ckpt after 300 s"
+        time.sleep(0.5)
+    run_dir = next((out / "runs").glob("compare-*/checkpoints/last.ckpt")).parents[1]
+    assert not (run_dir / "compare-fit.done").exists(), "the fit ended before the requeue"
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+    again = _compare(out, args, "--launcher", "slurm", "--poll", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "still queued" in again.stdout and "1 done" in again.stdout
+    log = next((out / "runs" / "slurm").glob(f"*-{job}.out")).read_text()
+    assert "restart 1" in log and "fit (continued from last.ckpt)" in log, log
+    assert [p.name for p in (out / "runs").iterdir() if p.is_dir() and p.name != "slurm"] == [
+        run_dir.name
+    ]  # the same run directory, nothing set aside
+    epochs = []
+    for version in sorted((run_dir / "csv").glob("version_*")):
+        rows = _rows(version / "metrics.csv")
+        if any("train/loss" in r and r["train/loss"] for r in rows):  # a fit attempt
+            epochs.append(sorted({int(r["epoch"]) for r in rows if r.get("train/loss")}))
+    assert len(epochs) == 2, epochs
+    assert epochs[0][0] == 0 and epochs[1][0] >= 1 and epochs[1][-1] == 2, epochs
+    assert (out / "comparison.md").is_file() and (run_dir / "per_case.csv").is_file()
+
+
+def test_srun_ddp_fit_two_tasks(slurm: None, env: dict, tmp_path: Path) -> None:
+    """The README's srun recipe: 2 tasks on one node, CPU gloo DDP, one run directory."""
+    run_dir = tmp_path / "ddp"
+    fit = [
+        sys.executable, "-m", "lightning_app", "fit",
+        f"--config={CONFIGS / 'base.yaml'}", f"--config={CONFIGS / 'data' / 'phantom.yaml'}",
+        f"--config={CONFIGS / 'loss' / 'ce_topk_dice.yaml'}",
+        *_tiny(tmp_path / "data", epochs=1),
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.num_nodes=1",
+        "--trainer.strategy=ddp", f"--trainer.default_root_dir={run_dir}",
+    ]  # fmt: skip
+    wrap = "srun " + " ".join(fit)
+    log = tmp_path / "ddp-%j.out"
+    job = subprocess.run(
+        ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={log}",
+         f"--chdir={REPO}", "--job-name=ddp-test", f"--wrap={wrap}"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    text = "\n".join(p.read_text() for p in tmp_path.glob("ddp-*.out"))
+    assert job.returncode == 0, job.stdout + job.stderr + text[-4000:]
+    assert "MEMBER: 1/2" in text and "MEMBER: 2/2" in text, text[-4000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file()
