@@ -11,30 +11,192 @@ and returns a scalar. The maths runs in float32 even under bf16/fp16 autocast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class PreparedInputs:
-    """Flattened, checked inputs shared by the loss functions.
+    """Flattened, checked inputs and the quantities that the loss terms share.
+
+    A :class:`~losses.compound.CompoundLoss` prepares the inputs once per call and hands the same
+    object to each of its terms, so what one term computes (the log-softmax, the per-pixel CE,
+    the softmax) the others reuse, also in the backward pass (one graph through one
+    log-softmax). Each quantity is computed on first use and kept for the rest of the call.
 
     Attributes:
         logits: ``(B, C, N)``, ``N`` the number of pixels (voxels) per image; float32 (float64
             stays float64, half precision is promoted to float32).
         target: int64 ``(B, N)``; ignored pixels hold class 0 so that they can index safely.
         valid: bool ``(B, N)`` marking the pixels that count, or ``None`` when all of them do.
+        share_log_probs: whether some term needs the full log-softmax with its gradient (the
+            CE family). If so the probabilities are ``exp(log_probs)`` and the ranking CE is
+            read off ``log_probs``; if not, a Dice-only loss takes the plain softmax and ranks
+            pixels with one no-grad CE pass.
     """
 
     logits: Tensor
     target: Tensor
     valid: Tensor | None
+    share_log_probs: bool = False
+    _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _planned: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
         return self.logits.shape[1]
+
+    def _get(self, key: str, make: Callable[[], Tensor], grad_free: bool = False) -> Tensor:
+        """The cached ``key``, made on first use. A quantity that carries a gradient is not
+        cached when made under ``torch.no_grad`` (a later term would get it without one)."""
+        value = self._cache.get(key)
+        if value is None:
+            value = make()
+            if grad_free or torch.is_grad_enabled():
+                self._cache[key] = value
+        return value
+
+    def log_probs(self) -> Tensor:
+        """``log softmax(logits)`` over classes, ``(B, C, N)``, with gradient."""
+        return self._get("log_probs", lambda: self.logits.log_softmax(1))
+
+    def target_log_probs(self) -> Tensor:
+        """``log p_{i, y_i}``, ``(B, N)``, with gradient (minus the per-pixel CE).
+
+        When pixel selections were planned (:meth:`plan_pixels`), one gather takes the target
+        entries and every selection's entries from the log-softmax, so the backward pass
+        scatters all their gradients into one buffer (no second full-size gradient to add).
+        """
+        if "target_log_probs" not in self._cache and self._planned and torch.is_grad_enabled():
+            keys = list(self._planned)
+            outputs = _GatherLogProbs.apply(
+                self.log_probs(),
+                self.target,
+                self._cache.get("ranking_ce"),  # the target entries' values, if gathered
+                *(self._planned[key] for key in keys),
+            )
+            self._cache["target_log_probs"] = outputs[0]
+            for key, selected in zip(keys, outputs[1:], strict=True):
+                self._cache["selected:" + key] = selected
+        return self._get(
+            "target_log_probs",
+            lambda: self.log_probs().gather(1, self.target.unsqueeze(1)).squeeze(1),
+        )
+
+    def plan_pixels(self, key: str, indices: Tensor) -> None:
+        """Announce that :meth:`selected_log_probs` will be asked for ``indices`` ``(B, K)``
+        (pixel indices per image), so that it shares the gather of :meth:`target_log_probs`.
+        Ignored once the target entries were gathered."""
+        if "target_log_probs" not in self._cache:
+            self._planned[key] = indices
+
+    def planned_pixels(self, key: str) -> Tensor | None:
+        """The indices planned under ``key``, or None."""
+        return self._planned.get(key)
+
+    def selected_log_probs(self, key: str, indices: Tensor) -> Tensor:
+        """``log_probs[b, :, indices[b]]``, ``(B, C, K)``, with gradient."""
+        if key in self._planned:
+            self.target_log_probs()  # the shared gather fills "selected:<key>"
+        return self._get("selected:" + key, lambda: gather_pixels(self.log_probs(), indices))
+
+    def probs(self) -> Tensor:
+        """``softmax(logits)``, ``(B, C, N)``, with gradient: ``exp(log_probs)`` when the
+        log-softmax is shared, else the plain softmax."""
+        if self.share_log_probs:
+            return self._get("probs", lambda: self.log_probs().exp())
+        return self._get("probs", lambda: self.logits.softmax(1))
+
+    def target_probs(self) -> Tensor:
+        """``p_{i, y_i}``, ``(B, N)``, with gradient."""
+        if self.share_log_probs:
+            return self._get("target_probs", lambda: self.target_log_probs().exp())
+        return self._get(
+            "target_probs", lambda: self.probs().gather(1, self.target.unsqueeze(1)).squeeze(1)
+        )
+
+    def ranking_ce(self) -> Tensor:
+        """Per-pixel CE ``-log p_{i, y_i}``, ``(B, N)``, without gradient (to rank pixels).
+
+        With a shared log-softmax it is read off it (the gathered target entries when they
+        exist, else a no-grad gather that leaves them to be gathered with the selections).
+        """
+        if self.share_log_probs:
+
+            def from_log_probs() -> Tensor:
+                if "target_log_probs" in self._cache:
+                    return -self._cache["target_log_probs"].detach()
+                log_probs = self.log_probs().detach()  # cached with its gradient for the terms
+                return -log_probs.gather(1, self.target.unsqueeze(1)).squeeze(1)
+
+            return self._get("ranking_ce", from_log_probs, grad_free=True)
+
+        def make() -> Tensor:
+            with torch.no_grad():
+                return F.cross_entropy(self.logits, self.target, reduction="none")
+
+        return self._get("ranking_ce", make, grad_free=True)
+
+
+def gather_pixels(values: Tensor, indices: Tensor) -> Tensor:
+    """``values[b, :, indices[b]]``: ``(B, C, N)`` and ``(B, K)`` -> ``(B, C, K)``.
+
+    One row-wise gather on the ``(B*C, N)`` view (about twice as fast on the CPU as a gather
+    with a broadcast index).
+    """
+    batch, classes, num_pixels = values.shape
+    rows = values.reshape(batch * classes, num_pixels)
+    picked = rows.gather(1, indices.repeat_interleave(classes, dim=0))
+    return picked.reshape(batch, classes, indices.shape[1])
+
+
+class _GatherLogProbs(torch.autograd.Function):
+    """``(log_probs (B, C, N), target (B, N), ranking_ce, *indices (B, K_j))`` ->
+    ``(log_probs at the targets (B, N), *log_probs at each selection (B, C, K_j))``.
+
+    The same values as separate gathers; the backward pass scatters every output's gradient
+    into ONE zero buffer instead of one full-size buffer per gather plus their sum.
+    ``ranking_ce``: ``-log_probs`` at the targets already gathered without gradient (reused
+    instead of a second gather), or None.
+    """
+
+    @staticmethod
+    def forward(  # noqa: ANN205
+        ctx, log_probs: Tensor, target: Tensor, ranking_ce: Tensor | None, *indices: Tensor
+    ):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(target, *indices)
+        ctx.shape = log_probs.shape
+        if ranking_ce is None:
+            outputs = [log_probs.gather(1, target.unsqueeze(1)).squeeze(1)]
+        else:
+            outputs = [-ranking_ce]
+        outputs += [gather_pixels(log_probs, index) for index in indices]
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor | None):  # noqa: ANN205
+        target, *indices = ctx.saved_tensors
+        batch, classes, num_pixels = ctx.shape
+        grad_target, grad_selected = grads[0], grads[1:]
+        reference = next((g for g in grads if g is not None), None)
+        if reference is None:
+            return (None, None, None, *(None for _ in indices))
+        buffer = reference.new_zeros(ctx.shape)
+        if grad_target is not None:
+            buffer.scatter_add_(1, target.unsqueeze(1), grad_target.unsqueeze(1))
+        rows = buffer.view(batch * classes, num_pixels)
+        for index, grad in zip(indices, grad_selected, strict=True):
+            if grad is not None:
+                rows.scatter_add_(
+                    1, index.repeat_interleave(classes, dim=0), grad.reshape(batch * classes, -1)
+                )
+        return (buffer, None, None, *(None for _ in indices))
 
 
 def prepare_inputs(
@@ -47,8 +209,9 @@ def prepare_inputs(
 
     Raises:
         TypeError: if ``logits`` is not floating point or ``target`` is not an integer tensor.
-        ValueError: if the shapes do not match, or a target value lies outside ``[0, C)``
-            and is not ``ignore_index`` (only checked when ``validate_args``).
+        ValueError: if the shapes do not match, the batch is empty (no image or no pixel), or
+            (only checked when ``validate_args``) ``logits`` holds NaN or infinite values or a
+            target value lies outside ``[0, C)`` and is not ``ignore_index``.
     """
     if not isinstance(logits, Tensor) or not torch.is_floating_point(logits):
         dtype = logits.dtype if isinstance(logits, Tensor) else type(logits).__name__
@@ -71,6 +234,14 @@ def prepare_inputs(
             f"Expected `target` of shape (B, *spatial) = {expected} to match `logits` of shape "
             f"{tuple(logits.shape)}, but got target of shape {tuple(target.shape)}"
         )
+    if logits.numel() == 0:
+        raise ValueError(
+            f"Expected non-empty `logits` and `target` (at least one image, class and pixel), "
+            f"but got logits of shape {tuple(logits.shape)} and target of shape "
+            f"{tuple(target.shape)}"
+        )
+    if validate_args:
+        check_finite_logits(logits)
     batch, num_classes = logits.shape[:2]
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()  # half precision in, float32 maths
@@ -97,13 +268,32 @@ def prepare_inputs(
     return PreparedInputs(logits, target, valid)
 
 
+def check_finite_logits(logits: Tensor) -> None:
+    """Raise ValueError if ``logits`` holds a NaN or an infinite value.
+
+    One reduction in the common case: a sum is finite only if every term is, so the
+    element-wise test runs only when the sum is not (it may also have overflowed).
+    """
+    if bool(torch.isfinite(logits.sum())):
+        return
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return
+    num_nan = int(torch.isnan(logits).sum())
+    num_inf = int((~finite).sum()) - num_nan
+    raise ValueError(
+        f"Expected `logits` to be finite, but found {num_nan} NaN and {num_inf} infinite "
+        f"values in logits of shape {tuple(logits.shape)}"
+    )
+
+
 def check_percent(name: str, value: float) -> float:
     """Return ``value`` as float if it is a percentage in ``(0, 100]``, else raise ValueError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(
             f"Expected argument `{name}` to be a number, but got {type(value).__name__}"
         )
-    if not 0 < value <= 100:
+    if not 0 < value <= 100:  # also False for NaN
         raise ValueError(f"Expected argument `{name}` to be in (0, 100], but got {value}")
     return float(value)
 
@@ -116,28 +306,35 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def check_non_negative(name: str, value: float) -> float:
-    """Return ``value`` as float if it is a number >= 0, else raise ValueError/TypeError."""
+    """Return ``value`` as float if it is a finite number >= 0, else raise ValueError/TypeError
+    (NaN and infinity included)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(
             f"Expected argument `{name}` to be a number, but got {type(value).__name__}"
         )
-    if value < 0:
-        raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"Expected argument `{name}` to be >= 0 and finite, but got {value}")
     return float(value)
 
 
 class SegmentationLoss(nn.Module):
     """Base class: checks the inputs, disables autocast and calls :meth:`compute`.
 
-    Subclasses implement ``compute(inputs: PreparedInputs) -> Tensor``. A
-    :class:`~losses.compound.CompoundLoss` prepares the inputs once and calls ``compute`` of
-    each of its terms directly, so the checks run once per step.
+    Subclasses implement ``compute(inputs: PreparedInputs) -> Tensor`` and take what they need
+    from ``inputs`` (``log_probs()``, ``probs()``, ``target_log_probs()``, ``ranking_ce()``...)
+    so that terms of a :class:`~losses.compound.CompoundLoss`, which prepares the inputs once
+    and calls ``compute`` of each term on the same object, share those computations; the checks
+    run once per step. A subclass that needs the full log-softmax with its gradient sets
+    ``uses_log_probs = True``.
 
     Args:
         ignore_index: target value whose pixels are removed from every term, or ``None``.
         validate_args: check that target values lie in ``[0, C)`` (one pass over the target;
             turn off to save a device synchronisation per call).
     """
+
+    #: whether :meth:`compute` needs the full log-softmax with gradient (the CE family)
+    uses_log_probs: bool = False
 
     def __init__(self, ignore_index: int | None = None, validate_args: bool = True) -> None:
         super().__init__()
@@ -155,11 +352,17 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         inputs = self.prepare(logits, target)
+        inputs.share_log_probs = self.uses_log_probs
         with torch.autocast(device_type=inputs.logits.device.type, enabled=False):
             return self.compute(inputs)
 
     def compute(self, inputs: PreparedInputs) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def plan(self, inputs: PreparedInputs) -> None:
+        """Called by a :class:`~losses.compound.CompoundLoss` on every term before any
+        ``compute``: a term may announce what it will ask of ``inputs`` so that it can be
+        computed together with the other terms' needs (e.g. a pixel selection). No-op here."""
 
     def set_step(self, step: int) -> None:
         """Tell the loss the current optimisation step (used by scheduled losses only)."""

@@ -27,6 +27,7 @@ def soft_dice_score(
     smooth: float = 1e-5,
     squared: bool = True,
     batch: bool = False,
+    target_probs: Tensor | None = None,
 ) -> Tensor:
     """Per image and class soft Dice score.
 
@@ -47,33 +48,116 @@ def soft_dice_score(
         smooth: added to numerator and denominator.
         squared: square the probabilities in the denominator.
         batch: sum over the batch before the ratio (one score per class).
+        target_probs: optionally ``p_{i, y_i}`` ``(B, M)``, already computed (shared with
+            other terms); by default gathered from ``probs``.
 
     Returns:
         Dice scores ``(B, C)``, or ``(1, C)`` when ``batch``.
     """
+    if weight is not None and weight.ndim == 3:
+        return _dice_from_sums(*_class_weighted_sums(probs, target, weight, squared), smooth, batch)
     num_images, num_classes, _ = probs.shape
-    denom_p = probs * probs if squared else probs
-    if weight is None or weight.ndim == 2:
+    p_target = target_probs
+    if p_target is None:
         p_target = probs.gather(1, target.unsqueeze(1)).squeeze(1)
+    pixel_weight = None if weight is None else weight.unsqueeze(1)
+    prob_sum = power_sum(probs, pixel_weight, squared)
+    if weight is not None:
+        p_target = p_target * weight
+    intersection = probs.new_zeros(num_images, num_classes).scatter_add(1, target, p_target)
+    target_sum = class_counts(target, num_classes, weight, probs.dtype)
+    return _dice_from_sums(intersection, target_sum, prob_sum, smooth, batch)
+
+
+class _WeightedSquareSum(torch.autograd.Function):
+    """``sum_m w * p^2`` over the last axis, ``(B, C, M) -> (B, C)``; ``w`` (broadcastable to
+    ``p``, or None for 1) carries no gradient. Backward ``2 w p g`` in one pass (autograd's
+    ``p * p`` takes two products and a sum)."""
+
+    @staticmethod
+    def forward(ctx, probs: Tensor, weight: Tensor | None) -> Tensor:  # noqa: ANN205
+        ctx.save_for_backward(probs, weight)
+        squares = probs * probs
         if weight is not None:
-            p_target = p_target * weight
-            denom_p = denom_p * weight.unsqueeze(1)
-        zeros = probs.new_zeros(num_images, num_classes)
-        intersection = zeros.scatter_add(1, target, p_target)
-        offsets = torch.arange(num_images, device=target.device).unsqueeze(1) * num_classes
-        target_sum = torch.bincount(
-            (target + offsets).reshape(-1),
-            weights=None if weight is None else weight.reshape(-1).to(probs.dtype),
-            minlength=num_images * num_classes,
-        )
-        target_sum = target_sum.to(probs.dtype).reshape(num_images, num_classes)
-    else:
-        classes = torch.arange(num_classes, device=target.device).view(1, -1, 1)
-        weighted_onehot = weight * (target.unsqueeze(1) == classes)
-        intersection = (weighted_onehot * probs).sum(-1)
-        target_sum = weighted_onehot.sum(-1)
-        denom_p = denom_p * weight
-    prob_sum = denom_p.sum(-1)
+            squares.mul_(weight)
+        return squares.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN205
+        probs, weight = ctx.saved_tensors
+        scale = (2.0 * grad).unsqueeze(-1)
+        if weight is not None:
+            scale = scale * weight
+        return probs * scale, None
+
+
+class _ExpSquareSum(torch.autograd.Function):
+    """``sum_m w * exp(2 x)`` over the last axis (``x`` a log-probability, so ``sum w p^2``),
+    ``(B, C, M) -> (B, C)``; backward ``2 w p^2 g``: one full-size temporary each way."""
+
+    @staticmethod
+    def forward(ctx, log_probs: Tensor, weight: Tensor | None) -> Tensor:  # noqa: ANN205
+        squares = (2.0 * log_probs).exp_()
+        if weight is not None:
+            squares.mul_(weight)
+        ctx.save_for_backward(squares)
+        return squares.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN205
+        (squares,) = ctx.saved_tensors
+        return squares * (2.0 * grad).unsqueeze(-1), None
+
+
+def exp_square_sum(log_probs: Tensor, weight: Tensor | None) -> Tensor:
+    """``(B, C)``: ``sum_m w exp(2 log_probs)`` (``= sum w p^2``) over the last axis; ``weight``
+    broadcastable (no gradient) or None."""
+    if log_probs.requires_grad and torch.is_grad_enabled():
+        return _ExpSquareSum.apply(log_probs, None if weight is None else weight.detach())
+    squares = (2.0 * log_probs).exp()
+    return (squares if weight is None else squares * weight).sum(-1)
+
+
+def power_sum(probs: Tensor, weight: Tensor | None, squared: bool) -> Tensor:
+    """``(B, C)``: ``sum_m w p^2`` (``squared``) or ``sum_m w p`` over the last axis; ``weight``
+    broadcastable to ``probs`` (no gradient) or None."""
+    if not squared:
+        return (probs if weight is None else probs * weight).sum(-1)
+    if probs.requires_grad and torch.is_grad_enabled():
+        return _WeightedSquareSum.apply(probs, None if weight is None else weight.detach())
+    squares = probs * probs
+    return (squares if weight is None else squares * weight).sum(-1)
+
+
+def class_counts(
+    target: Tensor, num_classes: int, weight: Tensor | None, dtype: torch.dtype
+) -> Tensor:
+    """``(B, C)``: ``sum_i w_i [y_i = c]`` per image (no gradient), one ``bincount``."""
+    num_images = target.shape[0]
+    offsets = torch.arange(num_images, device=target.device).unsqueeze(1) * num_classes
+    counts = torch.bincount(
+        (target + offsets).reshape(-1),
+        weights=None if weight is None else weight.detach().reshape(-1).to(dtype),
+        minlength=num_images * num_classes,
+    )
+    return counts.to(dtype).reshape(num_images, num_classes)
+
+
+def _class_weighted_sums(
+    probs: Tensor, target: Tensor, weight: Tensor, squared: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The three Dice sums ``(B, C)`` with a per-pixel-and-class weight ``(B, C, M)``."""
+    denom_p = probs * probs if squared else probs
+    classes = torch.arange(probs.shape[1], device=target.device).view(1, -1, 1)
+    weighted_onehot = weight * (target.unsqueeze(1) == classes)
+    return (weighted_onehot * probs).sum(-1), weighted_onehot.sum(-1), (denom_p * weight).sum(-1)
+
+
+def _dice_from_sums(
+    intersection: Tensor, target_sum: Tensor, prob_sum: Tensor, smooth: float, batch: bool
+) -> Tensor:
+    """``(2 I + s) / (T + P + s)`` from per image and class sums ``(B, C)`` (pooled over the
+    batch first when ``batch``)."""
     if batch:
         intersection = intersection.sum(0, keepdim=True)
         target_sum = target_sum.sum(0, keepdim=True)
@@ -81,10 +165,24 @@ def soft_dice_score(
     return (2.0 * intersection + smooth) / (target_sum + prob_sum + smooth)
 
 
-def dice_loss_from_scores(scores: Tensor, include_background: bool) -> Tensor:
-    """``1 - mean`` of the Dice scores ``(B, C)`` over classes then images."""
+def dice_loss_from_scores(
+    scores: Tensor, include_background: bool, counted: Tensor | None = None
+) -> Tensor:
+    """``1 - mean`` of the Dice scores ``(B, C)`` over classes then images.
+
+    Args:
+        scores: ``(B, C)`` per image (or ``(1, C)`` batch-pooled) Dice scores.
+        include_background: keep class 0.
+        counted: optional bool ``(B,)``: the images that enter the mean (those with at least one
+            pixel that is not ``ignore_index``). With none counted the loss is 0 (with a zero
+            gradient path).
+    """
     if not include_background:
         scores = scores[:, 1:]
+    if counted is not None and not bool(counted.all()):
+        if not bool(counted.any()):
+            return scores.sum() * 0.0
+        scores = scores[counted]
     return 1.0 - scores.mean()
 
 
@@ -113,11 +211,32 @@ class _DiceBase(SegmentationLoss):
                 f"but got {inputs.num_classes}"
             )
 
-    def dice_loss(self, probs: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+    def dice_loss(
+        self,
+        probs: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        valid: Tensor | None = None,
+        target_probs: Tensor | None = None,
+    ) -> Tensor:
+        """Dice loss of ``probs`` ``(B, C, M)`` with pixel weights ``weight``; ``valid`` (bool
+        ``(B, M)``, or None for all) says which images count in the per-image mean: an image
+        whose pixels are all ``ignore_index`` does not (with ``batch=True`` it adds nothing to
+        the pooled sums anyway). ``target_probs``: ``p_y`` ``(B, M)`` if already computed."""
         scores = soft_dice_score(
-            probs, target, weight, smooth=self.smooth, squared=self.squared, batch=self.batch
+            probs,
+            target,
+            weight,
+            smooth=self.smooth,
+            squared=self.squared,
+            batch=self.batch,
+            target_probs=target_probs,
         )
-        return dice_loss_from_scores(scores, self.include_background)
+        return self.loss_from_scores(scores, valid)
+
+    def loss_from_scores(self, scores: Tensor, valid: Tensor | None) -> Tensor:
+        counted = None if valid is None or self.batch else valid.any(-1)
+        return dice_loss_from_scores(scores, self.include_background, counted)
 
     def extra_repr(self) -> str:
         parts = [
@@ -146,7 +265,9 @@ class SoftDiceLoss(_DiceBase):
         include_background: keep class 0 in the mean over classes.
         smooth: added to numerator and denominator (MONAI's ``smooth_nr = smooth_dr``).
         squared: square the probabilities and targets in the denominator.
-        batch: sum over the batch before the ratio.
+        batch: sum over the batch before the ratio (TransUNet's ``DiceLoss``; the presets'
+            choice). ``False`` (MONAI's default): one ratio per image and class, then the mean
+            over the images that hold at least one pixel that is not ``ignore_index``.
         ignore_index: target value removed from every sum.
         validate_args: check target values (see :class:`~losses.base.SegmentationLoss`).
 
@@ -162,9 +283,27 @@ class SoftDiceLoss(_DiceBase):
 
     def compute(self, inputs: PreparedInputs) -> Tensor:
         self.check_classes(inputs)
-        probs = inputs.logits.softmax(1)
+        if inputs.share_log_probs and self.squared:
+            return self._from_log_probs(inputs)
+        probs = inputs.probs()
         weight = None if inputs.valid is None else inputs.valid.to(probs.dtype)
-        return self.dice_loss(probs, inputs.target, weight)
+        return self.dice_loss(probs, inputs.target, weight, inputs.valid, inputs.target_probs())
+
+    def _from_log_probs(self, inputs: PreparedInputs) -> Tensor:
+        """The same Dice from the shared log-softmax without materialising the softmax:
+        ``sum p^2 = sum exp(2 log p)`` in one pass (:func:`exp_square_sum`) and
+        ``sum y p = scatter(exp(log p_y))``."""
+        log_probs, target, valid = inputs.log_probs(), inputs.target, inputs.valid
+        weight = None if valid is None else valid.to(log_probs.dtype)
+        p_target = inputs.target_probs()
+        prob_sum = exp_square_sum(log_probs, None if weight is None else weight.unsqueeze(1))
+        if weight is not None:
+            p_target = p_target * weight
+        num_images, num_classes = log_probs.shape[:2]
+        intersection = log_probs.new_zeros(num_images, num_classes).scatter_add(1, target, p_target)
+        target_sum = class_counts(target, num_classes, weight, log_probs.dtype)
+        scores = _dice_from_sums(intersection, target_sum, prob_sum, self.smooth, self.batch)
+        return self.loss_from_scores(scores, valid)
 
 
 class PixelwiseModulatedDiceLoss(_DiceBase):
@@ -210,23 +349,58 @@ class PixelwiseModulatedDiceLoss(_DiceBase):
 
     def compute(self, inputs: PreparedInputs) -> Tensor:
         self.check_classes(inputs)
-        probs = inputs.logits.softmax(1)
-        valid = None if inputs.valid is None else inputs.valid.to(probs.dtype)
         if self.per_class and self.gamma.numel() != inputs.num_classes:
             raise ValueError(
                 f"Expected one `gamma` per class ({inputs.num_classes}), "
                 f"but got {self.gamma.numel()}"
             )
+        probs, target, valid = inputs.probs(), inputs.target, inputs.valid
+        p_target = inputs.target_probs()
         if not self.modulated:
-            return self.dice_loss(probs, inputs.target, valid)
+            weight = None if valid is None else valid.to(probs.dtype)
+            return self.dice_loss(probs, target, weight, valid, p_target)
+        return self.loss_from_scores(
+            _dice_from_sums(
+                *self._modulated_sums(probs, p_target, target, valid), self.smooth, self.batch
+            ),
+            valid,
+        )
+
+    def _modulated_sums(
+        self, probs: Tensor, p_target: Tensor, target: Tensor, valid: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The three sums ``(B, C)`` of the PM Dice without a ``(B, C, N)`` one-hot or factor.
+
+        With ``q = stopgrad(p)`` the factor is ``q_c^gamma_c`` off the target class and
+        ``(1 - q_y)^gamma_y`` on it, so ``sum_i m_ic p_ic^2`` is the full sum
+        ``sum_i q_ic^gamma_c p_ic^2`` plus, at each pixel's target class, the correction
+        ``((1 - q_y)^gamma_y - q_y^gamma_y) p_y^2``: per-pixel ``(B, N)`` work, scattered into
+        the classes. The intersection and target sums need only ``p_y`` and ``m_iy``.
+        """
+        num_images, num_classes, _ = probs.shape
+        dtype = probs.dtype
         with torch.no_grad():
-            classes = torch.arange(inputs.num_classes, device=probs.device).view(1, -1, 1)
-            is_target = inputs.target.unsqueeze(1) == classes
-            error = torch.where(is_target, 1.0 - probs, probs)
-            weight = error.pow(self.gamma.view(1, -1, 1))
+            q, q_target = probs.detach(), p_target.detach()
+            if self.per_class:
+                gamma_full = self.gamma.to(dtype).view(1, -1, 1)
+                gamma_target = self.gamma.to(dtype)[target]
+            else:
+                gamma_full = gamma_target = float(self.gamma[0])
+            factor = q if isinstance(gamma_full, float) and gamma_full == 1.0 else q.pow(gamma_full)
+            m_target = (1.0 - q_target).pow(gamma_target)
+            wrong = q_target.pow(gamma_target)
             if valid is not None:
-                weight = weight * valid.unsqueeze(1)
-        return self.dice_loss(probs, inputs.target, weight)
+                factor = factor * valid.unsqueeze(1)
+                m_target = m_target * valid
+                wrong = wrong * valid
+        denom_target = p_target * p_target if self.squared else p_target
+        zeros = probs.new_zeros(num_images, num_classes)
+        prob_sum = power_sum(probs, factor, self.squared) + zeros.scatter_add(
+            1, target, (m_target - wrong) * denom_target
+        )
+        intersection = zeros.scatter_add(1, target, m_target * p_target)
+        target_sum = class_counts(target, num_classes, m_target, dtype)
+        return intersection, target_sum, prob_sum
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma.tolist()}, " + super().extra_repr()

@@ -1,7 +1,8 @@
 """Losses restricted to the K% hardest pixels: topK Dice (the poster's) and topK CE.
 
 Selection rule shared by both: in each pool of ``N`` valid pixels (an image, the whole batch,
-or an image and class) the ``max(1, floor(k * N / 100))`` pixels of highest difficulty are kept.
+or an image and class) the ``max(1, int(N * k / 100))`` pixels of highest difficulty are kept
+(:func:`num_selected`; nnU-Net's count).
 The selection carries no gradient. Ties are broken arbitrarily (``torch.topk``).
 
 Difficulty of pixel ``i`` with target class ``y_i``:
@@ -15,13 +16,17 @@ Difficulty of pixel ``i`` with target class ``y_i``:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from losses.base import PreparedInputs, SegmentationLoss, check_choice, check_percent
+from losses.base import (
+    PreparedInputs,
+    SegmentationLoss,
+    check_choice,
+    check_percent,
+    gather_pixels,
+)
 from losses.dice import _DiceBase
 
 DIFFICULTIES = ("ce", "abs_error")
@@ -30,11 +35,13 @@ CE_POOLS = ("image", "batch")
 
 
 def num_selected(k: float, num_pixels: int) -> int:
-    """``max(1, floor(k * num_pixels / 100))``, the size of the hard set of a pool.
+    """``max(1, int(num_pixels * k / 100))``, the size of the hard set of a pool.
 
-    The product is rounded to 9 decimals first so that e.g. ``k=10, N=30`` gives 3, not 2.
+    The same float expression as nnU-Net v2's ``TopKLoss``, so the counts agree with it
+    exactly, including where the float product lands just below an integer
+    (``k=32.3, N=1000``: ``322.99999999999994``, so 322 pixels). Never fewer than 1.
     """
-    return max(1, math.floor(round(k * num_pixels / 100.0, 9)))
+    return max(1, int(num_pixels * k / 100))
 
 
 def pixel_difficulty(logits: Tensor, target: Tensor, difficulty: str) -> Tensor:
@@ -163,41 +170,79 @@ class TopKDiceLoss(_DiceBase):
 
     def compute(self, inputs: PreparedInputs) -> Tensor:
         self.check_classes(inputs)
-        logits, target, valid = inputs.logits, inputs.target, inputs.valid
+        target, valid = inputs.target, inputs.valid
         k = self.current_k
-        if self.pool == "image" and valid is None:
-            keep = num_selected(k, logits.shape[-1])
-            if keep < logits.shape[-1]:
-                return self._image_pool_gathered(logits, target, keep)
-        mask = self._selection_mask(logits, target, valid, k)
-        probs = logits.softmax(1)
+        keep = self._gathered_keep(inputs)
+        if keep is not None:
+            return self._image_pool_gathered(inputs, keep)
+        mask = self._selection_mask(inputs, k)
+        probs = inputs.probs()
         if mask is None:
             weight = None if valid is None else valid.to(probs.dtype)
         else:
             weight = mask
-        return self.dice_loss(probs, target, weight)
+        target_probs = None if weight is not None and weight.ndim == 3 else inputs.target_probs()
+        return self.dice_loss(probs, target, weight, valid, target_probs)
 
-    def _image_pool_gathered(self, logits: Tensor, target: Tensor, keep: int) -> Tensor:
-        """Fast path: gather the ``keep`` hardest pixels of each image, Dice on those alone."""
-        with torch.no_grad():
-            hardness = pixel_difficulty(logits, target, self.difficulty)
-            indices = hardness.topk(keep, dim=1, sorted=False).indices
-        selected_logits = logits.gather(2, indices.unsqueeze(1).expand(-1, logits.shape[1], -1))
-        selected_target = target.gather(1, indices)
-        return self.dice_loss(selected_logits.softmax(1), selected_target, None)
+    def _plan_key(self) -> str:
+        return f"topk_dice:{id(self)}"
 
-    @torch.no_grad()
-    def _selection_mask(
-        self, logits: Tensor, target: Tensor, valid: Tensor | None, k: float
-    ) -> Tensor | None:
-        """0/1 weight ``(B, N)`` (``(B, C, N)`` for ``pool="class"``) of the hard set, or None."""
+    def _gathered_keep(self, inputs: PreparedInputs) -> int | None:
+        """Hard-set size of the gathered fast path (pool "image", no ignored pixel), or None."""
+        if self.pool != "image" or inputs.valid is not None:
+            return None
+        keep = num_selected(self.current_k, inputs.target.shape[-1])
+        return keep if keep < inputs.target.shape[-1] else None
+
+    def plan(self, inputs: PreparedInputs) -> None:
+        """Rank and select before the other terms run, so that the selected pixels' log-softmax
+        is gathered together with the CE's target entries (one backward scatter)."""
+        keep = self._gathered_keep(inputs)
+        if keep is not None and inputs.share_log_probs:
+            indices = self._hardness(inputs).topk(keep, dim=1, sorted=False).indices
+            inputs.plan_pixels(self._plan_key(), indices)
+
+    def _image_pool_gathered(self, inputs: PreparedInputs, keep: int) -> Tensor:
+        """Fast path: gather the ``keep`` hardest pixels of each image, Dice on those alone.
+
+        The ranking reuses the per-pixel CE when a CE term of the same compound loss has
+        computed it; the selected pixels' probabilities are then ``exp`` of the shared
+        log-softmax (one backward pass through it), else the softmax of the selected logits.
+        """
+        key = self._plan_key()
+        indices = inputs.planned_pixels(key)
+        if indices is None:
+            hardness = self._hardness(inputs)  # detached; computed outside no_grad so that
+            indices = hardness.topk(keep, dim=1, sorted=False).indices  # the shared CE caches
+        selected_target = inputs.target.gather(1, indices)
+        if inputs.share_log_probs:
+            selected_probs = inputs.selected_log_probs(key, indices).exp()
+            selected_target_probs = selected_probs.gather(1, selected_target.unsqueeze(1))
+            selected_target_probs = selected_target_probs.squeeze(1)
+        else:
+            selected_probs = gather_pixels(inputs.logits, indices).softmax(1)
+            selected_target_probs = None
+        return self.dice_loss(selected_probs, selected_target, None, None, selected_target_probs)
+
+    def _hardness(self, inputs: PreparedInputs) -> Tensor:
+        """No-grad difficulty ``(B, N)`` of each pixel (see the module docstring)."""
+        ce = inputs.ranking_ce()
+        return ce if self.difficulty == "ce" else 2.0 * (1.0 - (-ce).exp())
+
+    def _selection_mask(self, inputs: PreparedInputs, k: float) -> Tensor | None:
+        """0/1 weight ``(B, N)`` (``(B, C, N)`` for ``pool="class"``) of the hard set, or None.
+
+        Built from detached quantities only (no gradient), without ``torch.no_grad`` around the
+        shared ones so that what it computes first (the softmax) is cached with its gradient.
+        """
+        valid = inputs.valid
         if self.pool == "class":
-            probs = logits.softmax(1)
-            classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1)
-            error = torch.where(target.unsqueeze(1) == classes, 1.0 - probs, probs)
+            probs = inputs.probs().detach()
+            classes = torch.arange(probs.shape[1], device=probs.device).view(1, -1, 1)
+            error = torch.where(inputs.target.unsqueeze(1) == classes, 1.0 - probs, probs)
             class_valid = None if valid is None else valid.unsqueeze(1).expand_as(error)
             return top_k_mask(error, k, class_valid)
-        hardness = pixel_difficulty(logits, target, self.difficulty)
+        hardness = self._hardness(inputs)
         if self.pool == "image":
             return top_k_mask(hardness, k, valid)
         flat_valid = None if valid is None else valid.reshape(1, -1)
@@ -211,7 +256,8 @@ class TopKDiceLoss(_DiceBase):
         For ``pool="class"`` a pixel is marked when it is selected for any class.
         """
         inputs = self.prepare(logits, target)
-        mask = self._selection_mask(inputs.logits, inputs.target, inputs.valid, self.current_k)
+        with torch.autocast(device_type=inputs.logits.device.type, enabled=False):
+            mask = self._selection_mask(inputs, self.current_k)
         if mask is None:
             selected = torch.ones_like(inputs.target, dtype=torch.bool)
             if inputs.valid is not None:
@@ -230,10 +276,16 @@ class TopKDiceLoss(_DiceBase):
 class TopKCrossEntropyLoss(SegmentationLoss):
     """topK cross-entropy (Pohlen et al., "bootstrapped" CE): mean CE of the K% hardest pixels.
 
-    ``loss = mean_{i in S} -log p_{i, y_i}`` where ``S`` holds the ``max(1, floor(k*N/100))``
-    pixels of highest CE in each pool. ``pool="image"`` averages the per-image means;
-    ``pool="batch"`` ranks the whole batch at once and equals nnU-Net's ``TopKLoss(k)``.
-    ``k=100`` is the plain mean CE.
+    ``loss = mean_{i in S} -log p_{i, y_i}`` where ``S`` holds the ``max(1, int(N*k/100))``
+    pixels of highest CE in each pool of ``N`` valid pixels. ``pool="image"`` averages the
+    per-image means (an image whose pixels are all ``ignore_index`` is left out of that mean);
+    ``pool="batch"`` ranks the whole batch at once. ``k=100`` is the plain mean CE.
+
+    Without ``ignore_index``, ``pool="batch"`` equals nnU-Net v2's ``TopKLoss(k)`` (whole-batch
+    CE, the ``int(N*k/100)`` largest values, their mean) whenever ``int(N*k/100) >= 1``. With
+    ``ignore_index`` the two differ: here ignored pixels leave the pool (``N`` counts the valid
+    pixels only and an ignored pixel is never selected), while nnU-Net gives them CE 0 and keeps
+    them in ``N`` and in the pool (so they can be selected and dilute the mean).
 
     Args:
         k: percent of the pool's pixels kept, in ``(0, 100]``.
@@ -257,8 +309,10 @@ class TopKCrossEntropyLoss(SegmentationLoss):
         self.k = check_percent("k", k)
         self.pool = check_choice("pool", pool, CE_POOLS)
 
+    uses_log_probs = True
+
     def compute(self, inputs: PreparedInputs) -> Tensor:
-        ce = F.cross_entropy(inputs.logits, inputs.target, reduction="none")
+        ce = -inputs.target_log_probs()  # per-pixel CE, shared with the other terms
         valid = inputs.valid
         if self.pool == "batch":
             ce = ce.reshape(1, -1)
@@ -272,6 +326,11 @@ class TopKCrossEntropyLoss(SegmentationLoss):
             mask = top_k_mask(ce.detach(), self.k, valid)
         weight = valid.to(ce.dtype) if mask is None else mask
         per_pool = (ce * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
+        counted = valid.any(-1)  # a pool (image) with every pixel ignored is left out
+        if not bool(counted.all()):
+            if not bool(counted.any()):
+                return per_pool.sum() * 0.0
+            per_pool = per_pool[counted]
         return per_pool.mean()
 
     @torch.no_grad()
@@ -299,6 +358,7 @@ class TopKCrossEntropyLoss(SegmentationLoss):
 
 __all__ = [
     "TopKCrossEntropyLoss",
+    "gather_pixels",
     "TopKDiceLoss",
     "num_selected",
     "pixel_difficulty",

@@ -220,11 +220,36 @@ class SegmentationModel(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimisation step's loss.
+
+        Raises:
+            FloatingPointError: if the loss is NaN or infinite. The run stops before the
+                backward pass and the optimiser step, so no checkpoint ever holds the weights
+                that the bad batch would produce; the message names the global step, the batch
+                index and the batch's case ids (the ``case`` / ``index`` keys of the batch when
+                the loader provides them).
+            ValueError, TypeError: the loss's own input errors (e.g. non-finite logits under
+                ``validate_args``), re-raised with the same context appended.
+        """
         image, target = batch["image"], batch["label"]
         if hasattr(self.loss, "set_step"):
             self.loss.set_step(self.global_step)
         logits = self(image)
-        loss = self._criterion(logits, target)
+        try:
+            loss = self._criterion(logits, target)
+        except (ValueError, TypeError) as err:
+            context = self._batch_context(batch, batch_idx)
+            if type(err) in (ValueError, TypeError):
+                raise type(err)(f"{err} [{context}]") from err
+            err.add_note(context)
+            raise
+        if not bool(torch.isfinite(loss)):
+            context = self._batch_context(batch, batch_idx)
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) [{context}]. The run stops before "
+                "this step's update: the last saved checkpoint is the last good state (resume "
+                "from it after fixing the data, the learning rate or the precision)."
+            )
         bs = image.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         terms = getattr(self.loss, "last_values", None)
@@ -232,6 +257,23 @@ class SegmentationModel(L.LightningModule):
             for name, value in terms.items():
                 self.log(f"train/loss/{metric_key(str(name))}", value, batch_size=bs)
         return loss
+
+    def _batch_context(self, batch: dict[str, Any], batch_idx: int) -> str:
+        """``"global step 12, epoch 0, batch 3, cases ['case0001 slice 40', ...]"``."""
+        cases = batch.get("case")
+        if cases is None:
+            keys = ", ".join(sorted(map(str, batch)))
+            where = f"case ids not in the batch (keys: {keys})"
+        else:
+            cases = [cases] if isinstance(cases, str) else [str(c) for c in cases]
+            index = batch.get("index")
+            if index is not None:
+                index = torch.as_tensor(index).reshape(-1).tolist()
+            if index is not None and len(index) == len(cases):
+                cases = [f"{c} slice {i}" for c, i in zip(cases, index, strict=True)]
+            where = f"cases {cases}"
+        step, epoch = self.global_step, self.current_epoch
+        return f"global step {step}, epoch {epoch}, batch {batch_idx}, {where}"
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         image, target = batch["image"], batch["label"]

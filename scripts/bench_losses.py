@@ -1,29 +1,42 @@
-"""Benchmark every loss preset against MONAI's DiceLoss and DiceCELoss on the CPU.
+"""Benchmark every loss preset against plain CE and MONAI's DiceLoss / DiceCELoss on the CPU.
 
-Prints the median forward+backward time over repeated runs for logits of shape
-(8, 9, 224, 224) and each loss's ratio to the two MONAI references measured in the same run.
-Run with ``make bench-losses`` (options: ``--shape``, ``--repeats``, ``--threads``).
+Prints, for logits of shape (8, 9, 224, 224), each loss's median forward+backward time over
+repeated round-robin runs, its ratios to plain ``ce`` and to the two MONAI references measured
+in the same run, and its peak memory during one forward+backward: the largest total size of
+the tensors alive at any moment, from torch's profiler memory timeline
+(``profile(profile_memory=True)``, ``export_memory_timeline(device="cpu")``), minus what was
+alive when the call started (so the logits themselves are not counted).
+Run with ``make bench-losses`` (options: ``--shape``, ``--repeats``, ``--threads``,
+``--clock cpu`` for process CPU time instead of wall time, ``--no-memory``, ``--unshared`` to add
+each compound preset computed term by term).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from monai.losses import DiceCELoss, DiceLoss
+from torch.profiler import ProfilerActivity, profile
 
-from losses import PRESETS, TopKDiceLoss, build_loss
+from losses import PRESETS, CompoundLoss, TopKDiceLoss, build_loss
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
 
 
 def time_once(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> float:
-    """Seconds of one ``fn(logits, target).backward()``."""
+    """Seconds of one ``fn(logits, target).backward()`` (wall clock, or process CPU time)."""
     x = logits.detach().requires_grad_(True)
-    start = time.perf_counter()
+    start = clock()
     fn(x, target).backward()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def median_times(
@@ -39,6 +52,29 @@ def median_times(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def peak_memory(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Peak bytes of tensors allocated during one forward+backward (torch profiler timeline)."""
+    x = logits.detach().requires_grad_(True)
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        fn(x, target).backward()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "timeline.raw.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    totals = [sum(row) for row in sizes]
+    return float(max(totals) - totals[0]) if totals else float("nan")
+
+
+def _under_autocast(fn: Callable) -> Callable:
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(x, t)
+
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -46,7 +82,26 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory column")
+    parser.add_argument(
+        "--unshared", action="store_true", help="also time compound presets term by term"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall (default) or cpu: process CPU time, steadier on a shared machine with "
+        "--threads 1",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 logits, every call under torch.autocast(bf16): the losses still compute in "
+        "float32 (the memory column then shows what that costs)",
+    )
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     batch, classes, height, width = args.shape
@@ -54,6 +109,8 @@ def main() -> None:
     logits = torch.randn(batch, classes, height, width, generator=gen)
     target = torch.randint(0, classes, (batch, height, width), generator=gen)
     target_monai = target.unsqueeze(1)
+    if args.bf16:
+        logits = logits.to(torch.bfloat16)
 
     monai_dice = DiceLoss(
         softmax=True, to_onehot_y=True, squared_pred=True, smooth_nr=1e-5, smooth_dr=1e-5
@@ -63,26 +120,49 @@ def main() -> None:
     )
     candidates: dict[str, Callable] = {"TopKDiceLoss(k=10)": TopKDiceLoss(k=10)}
     candidates.update({name: build_loss(name) for name in PRESETS})
+    if args.unshared:
+        for name in PRESETS:
+            loss = candidates[name]
+            if isinstance(loss, CompoundLoss):
+                candidates[f"{name} (unshared)"] = CompoundLoss(
+                    dict(loss.terms), loss.weights, share=False
+                )
 
     fns: dict[str, Callable] = {
         "MONAI DiceLoss": lambda x, t: monai_dice(x, target_monai),
         "MONAI DiceCELoss": lambda x, t: monai_dice_ce(x, target_monai),
         **candidates,
     }
+    if args.bf16:
+        fns = {name: _under_autocast(fn) for name, fn in fns.items()}
     medians = median_times(fns, logits, target, args.repeats)
-    ref_dice, ref_dice_ce = medians["MONAI DiceLoss"], medians["MONAI DiceCELoss"]
-    print(
-        f"logits {tuple(logits.shape)}, CPU, {torch.get_num_threads()} threads, "
-        f"median of {args.repeats} forward+backward runs (round-robin), "
-        f"torch {torch.__version__}\n"
+    memory = (
+        {name: float("nan") for name in fns}
+        if args.no_memory
+        else {name: peak_memory(fn, logits, target) for name, fn in fns.items()}
     )
-    print(f"| {'loss':<22} | {'ms':>8} | {'x MONAI DiceLoss':>16} | {'x MONAI DiceCELoss':>18} |")
-    print(f"|{'-' * 24}|{'-' * 10}|{'-' * 18}|{'-' * 20}|")
-    rows = list(medians.items())
-    for name, seconds in rows:
+    ref_dice, ref_dice_ce, ref_ce = (
+        medians["MONAI DiceLoss"],
+        medians["MONAI DiceCELoss"],
+        medians["ce"],
+    )
+    print(
+        f"logits {tuple(logits.shape)} {str(logits.dtype).removeprefix('torch.')}"
+        f"{' under bf16 autocast' if args.bf16 else ''}, CPU, {torch.get_num_threads()} threads, "
+        f"median {args.clock} time of {args.repeats} forward+backward runs (round-robin), "
+        f"torch {torch.__version__}; peak MB: torch profiler memory timeline of one "
+        f"forward+backward (tensors allocated during the call)\n"
+    )
+    print(
+        f"| {'loss':<26} | {'ms':>7} | {'x ce':>5} | {'x MONAI Dice':>12} | "
+        f"{'x MONAI DiceCE':>14} | {'peak MB':>7} |"
+    )
+    print(f"|{'-' * 28}|{'-' * 9}|{'-' * 7}|{'-' * 14}|{'-' * 16}|{'-' * 9}|")
+    for name, seconds in medians.items():
         print(
-            f"| {name:<22} | {seconds * 1e3:8.1f} | {seconds / ref_dice:16.2f} | "
-            f"{seconds / ref_dice_ce:18.2f} |"
+            f"| {name:<26} | {seconds * 1e3:7.1f} | {seconds / ref_ce:5.2f} | "
+            f"{seconds / ref_dice:12.2f} | {seconds / ref_dice_ce:14.2f} | "
+            f"{memory[name] / 2**20:7.1f} |"
         )
 
 

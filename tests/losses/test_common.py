@@ -187,7 +187,7 @@ def test_compound_keeps_unweighted_term_values():
     loss_fn = build_loss("ce_topk_dice")
     total = loss_fn(logits, target)
     ce = losses.CrossEntropyLoss()(logits, target)
-    topk = losses.TopKDiceLoss(k=10)(logits, target)
+    topk = losses.TopKDiceLoss(k=10, batch=True)(logits, target)
     assert set(loss_fn.last_values) == {"ce", "topk_dice"}
     assert torch.allclose(loss_fn.last_values["ce"], ce)
     assert torch.allclose(loss_fn.last_values["topk_dice"], topk)

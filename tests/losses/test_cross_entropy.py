@@ -57,6 +57,7 @@ def test_ce_dice_matches_monai_dice_ce(inputs):
         smooth_dr=1e-5,
         lambda_dice=0.5,
         lambda_ce=0.5,
+        batch=True,  # the presets' Dice is TransUNet's: sums over the whole batch
     )
     assert torch.allclose(
         build_loss("ce_dice")(logits, target), theirs(logits, target.unsqueeze(1)), atol=1e-5
@@ -69,7 +70,12 @@ def test_focal_dice_matches_monai_terms(inputs):
     t = target.unsqueeze(1)
     focal = MonaiFocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)(logits, t)
     dice = DiceLoss(
-        softmax=True, to_onehot_y=True, squared_pred=True, smooth_nr=1e-5, smooth_dr=1e-5
+        softmax=True,
+        to_onehot_y=True,
+        squared_pred=True,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+        batch=True,
     )(logits, t)
     expected = 0.5 * focal * logits.shape[1] + 0.5 * dice
     assert torch.allclose(build_loss("focal_dice")(logits, target), expected, atol=1e-5)
@@ -79,7 +85,7 @@ def test_bad_class_weights():
     logits, target = make_inputs(classes=4)
     with pytest.raises(ValueError, match=r"`alpha` to have one value per class \(4\), but got 2"):
         FocalLoss(alpha=[1.0, 2.0])(logits, target)
-    with pytest.raises(ValueError, match="`weight` to hold values >= 0"):
+    with pytest.raises(ValueError, match="`weight` to hold finite values >= 0"):
         CrossEntropyLoss(weight=[1.0, -1.0])
     with pytest.raises(ValueError, match="`gamma` to be >= 0"):
         FocalLoss(gamma=-0.5)
