@@ -317,3 +317,46 @@ def test_evaluation_uses_prepared_files_when_raw_data_is_gone(
     trainer.state.fn = TrainerFn.FITTING
     with pytest.raises(FileNotFoundError, match="raw_dir"):
         dm.prepare_data()
+
+
+# --------------------------------------------------------------------------------------------
+# --save_predictions writes the input's qform / sform codes, as make predict does
+# --------------------------------------------------------------------------------------------
+def test_saved_predictions_carry_the_inputs_qform_and_sform_codes(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+    from torch.utils.data import default_collate
+
+    from datamodules.hdf5 import VolumeDataset
+    from lightning_app.reports import write_prediction
+
+    make_synapse(tmp_path)
+    image_path = tmp_path / "raw" / "RawData" / "Training" / "img" / "img0001.nii.gz"
+    raw = nib.load(str(image_path))
+    sform = raw.affine.copy()
+    qform = sform.copy()
+    qform[:3, 3] += [1.0, -2.0, 3.0]  # a qform that differs from the sform
+    out = nib.Nifti1Image(np.asarray(raw.dataobj), sform)
+    out.set_sform(sform, code=4)  # MNI
+    out.set_qform(qform, code=1)  # scanner
+    nib.save(out, str(image_path))
+    dm = SynapseDataModule(
+        data_dir=str(tmp_path / "h5"),
+        raw_dir=str(tmp_path / "raw"),
+        train_cases=[5, 6],
+        val_cases=[7],
+        test_cases=[1],
+        num_workers=0,
+        image_size=16,
+        progress=False,
+    )
+    dm.prepare_data()
+    dataset = VolumeDataset(dm.split_path("test"))
+    batch = default_collate([dataset[0]])
+    pred = batch["label"][0].numpy()
+    written = nib.load(str(write_prediction(pred, batch, tmp_path / "pred.nii.gz")))
+    dataset.close()
+    assert int(written.header["sform_code"]) == 4 and int(written.header["qform_code"]) == 1
+    np.testing.assert_allclose(written.get_sform(), sform, atol=1e-5)
+    np.testing.assert_allclose(written.get_qform(), qform, atol=1e-4)
+    assert written.shape == raw.shape  # the input's voxel grid
