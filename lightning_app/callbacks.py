@@ -505,7 +505,9 @@ class RunSummary(Callback):
                 path = os.path.join(logger.log_dir, "metrics.csv")
                 lines.append(f"CSV metrics   : {os.path.abspath(path)}")
         wb = find_wandb_logger(trainer)
-        if wb is not None and wb._experiment is not None:
+        if wb is not None and getattr(wb, "failed", None):
+            lines.append(f"W&B           : stopped after an error ({wb.failed}); the CSV has all")
+        elif wb is not None and wb._experiment is not None:
             run = wb.experiment
             sync_dir = getattr(run.settings, "sync_dir", None)
             sync_dir = os.path.abspath(sync_dir) if sync_dir else sync_dir
