@@ -32,7 +32,7 @@ RUN_CKPT   = $(if $(filter last,$(CKPT)),$(firstword $(shell ls -t logs/$(DATASE
 RUN_CONFIG = $(abspath $(dir $(RUN_CKPT))../config.yaml)
 EVAL_CONFIGS = $(if $(wildcard $(RUN_CONFIG)),--config $(RUN_CONFIG),--config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml)
 
-.PHONY: help install test test-full test-slurm lint format train eval predict compare sweep-k bench bench-losses bench-data bench-train bench-eval bench-grid clean
+.PHONY: help install test test-full test-slurm lint format train eval predict phantom-nifti compare sweep-k bench bench-losses bench-data bench-train bench-eval bench-grid clean
 
 help: ## List every target with its description
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ eval: $(STAMP) ## Test a checkpoint (per_case.csv, summary.md, W&B): make eval C
 predict: $(STAMP) ## Segment NIfTI volumes: make predict CKPT=<.ckpt> INPUT=<.nii.gz file or folder> OUTPUT=<folder>
 	@test -f "$(RUN_CKPT)" || { echo "make predict: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>)" >&2; exit 2; }
 	$(PY) -m lightning_app.predict --ckpt $(RUN_CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
+
+phantom-nifti: $(STAMP) ## Export the phantom's test volumes as NIfTI (data/phantom-nifti/{images,labels}/) to try make predict
+	$(PY) scripts/phantom_nifti.py --config configs/data/phantom.yaml --output data/phantom-nifti
 
 compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice" [LAUNCHER=local JOBS=2 | LAUNCHER=slurm SBATCH="--gres=gpu:1"]
 	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) $(LAUNCH_OPTS) -- $(ARGS)

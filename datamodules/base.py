@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,33 @@ from datamodules.transforms import (
 
 __all__ = ["SliceDataModule"]
 
+#: split files each evaluation stage reads (the raw data is not needed once they exist)
+_EVAL_SPLITS = {"validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class _PlainProgress:
+    """Plain preprocessing progress lines for logs (stdout not a terminal): one when the
+    first case is done, then at most one every ``interval`` seconds, and one at the end."""
+
+    def __init__(self, name: str, total: int, interval: float = 10.0) -> None:
+        self.name, self.total, self.interval = name, total, interval
+        self.done = 0
+        self.t0 = self.last = time.monotonic()
+
+    def advance(self, what: str) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.done not in (1, self.total) and now - self.last < self.interval:
+            return
+        self.last = now
+        elapsed = now - self.t0
+        eta = elapsed / self.done * (self.total - self.done)
+        print(
+            f"[data] {self.name} preprocessing: {self.done}/{self.total} cases ({what}) | "
+            f"{elapsed:.0f} s elapsed | ETA {eta:.0f} s",
+            flush=True,
+        )
+
 
 class SliceDataModule(L.LightningDataModule):
     """Base of every datamodule: raw volumes -> HDF5 -> 2D slices (train/val) and volumes (test).
@@ -53,7 +82,8 @@ class SliceDataModule(L.LightningDataModule):
             ``"gzip"``). ``None`` (default) is fastest to read; ``"lzf"`` roughly halves the
             disk use of CT data for about half the loader throughput.
         pin_memory: pin DataLoader batches (useful on GPU).
-        progress: show a rich progress bar per case while preprocessing.
+        progress: show preprocessing progress: a rich bar on a terminal, plain lines
+            (``[data] ...``, at least every 10 s) when stdout is a file or pipe.
         protocol: ``"default"`` (aligned OpenCV resize, then augmentation at the small size) or
             ``"transunet"`` (TransUNet's ``RandomGenerator`` with scipy, step by step); see
             ``datamodules.transforms``. The model's ``test_protocol`` follows it unless set.
@@ -112,6 +142,7 @@ class SliceDataModule(L.LightningDataModule):
         self.train_set: SliceDataset | None = None
         self.val_set: SliceDataset | None = None
         self.test_set: VolumeDataset | None = None
+        self._plain_progress: _PlainProgress | None = None
 
     # ---------------------------------------------------------------- subclass interface
     def _plan(self) -> dict[str, list[CaseSpec]]:
@@ -196,6 +227,45 @@ class SliceDataModule(L.LightningDataModule):
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
+    def settings_fingerprint(self) -> str:
+        """SHA-256 of :meth:`_settings` only (stored in each split file as
+        ``settings_fingerprint``; lets evaluation trust prepared files without the raw data)."""
+        blob = json.dumps(self._settings(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def _prepared_for_evaluation(self) -> bool:
+        """``test`` / ``validate`` / ``predict``: True when the split files that stage reads
+        exist with this configuration's settings fingerprint; the raw data is then not needed,
+        and when it is missing, unreadable or changed this says so and the files are used."""
+        trainer = getattr(self, "trainer", None)
+        fn = getattr(getattr(trainer, "state", None), "fn", None)
+        splits = _EVAL_SPLITS.get(str(getattr(fn, "value", fn)))
+        if not splits:
+            return False
+        wanted = self.settings_fingerprint()
+        for split in splits:
+            try:
+                with h5py.File(self.split_path(split), "r") as f:
+                    if f.attrs.get("settings_fingerprint") != wanted:
+                        return False
+            except OSError:
+                return False
+        try:
+            plan = self._plan()
+            self._check_splits(plan)
+            if self.is_prepared(self.fingerprint(plan)):
+                return True
+            problem = "has changed since the split files were written"
+        except Exception as err:  # noqa: BLE001 - any raw-data problem: the files are enough
+            problem = f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0]})"
+        files = ", ".join(str(self.split_path(s)) for s in splits)
+        print(
+            f"[data] {self.dataset_name}: the raw data {problem}; evaluating on the prepared "
+            f"{files} (written with the same settings, checked by their settings fingerprint)",
+            flush=True,
+        )
+        return True
+
     def is_prepared(self, fingerprint: str) -> bool:
         """True when all three split files exist with this fingerprint and format version."""
         for split in SPLITS:
@@ -224,6 +294,8 @@ class SliceDataModule(L.LightningDataModule):
             self._prepare_data_locked()
 
     def _prepare_data_locked(self) -> None:
+        if self._prepared_for_evaluation():
+            return
         plan = self._plan()
         self._check_splits(plan)
         fp = self.fingerprint(plan)
@@ -238,15 +310,18 @@ class SliceDataModule(L.LightningDataModule):
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total} cases"),
                 TimeElapsedColumn(),
-                disable=not self.progress,
+                disable=not self.progress or not sys.stdout.isatty(),
                 transient=False,
             ) as progress:
                 task = progress.add_task("preprocessing", total=total)
+                if self.progress and not sys.stdout.isatty():
+                    self._plain_progress = _PlainProgress(self.dataset_name, total)
                 for split in SPLITS:
                     self._write_split(tmps[split], plan[split], fp, progress, task, split)
             for split in SPLITS:
                 os.replace(tmps[split], self.split_path(split))
         finally:
+            self._plain_progress = None
             for tmp in tmps.values():
                 if tmp.exists():
                     tmp.unlink()
@@ -266,6 +341,7 @@ class SliceDataModule(L.LightningDataModule):
             f.attrs["channel_names"] = json.dumps(self.channel_names)
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["fingerprint"] = fp
+            f.attrs["settings_fingerprint"] = self.settings_fingerprint()
             f.attrs["split"] = split
             for spec in cases:
                 progress.update(task, description=f"{split}: {spec.case_id}")
@@ -274,6 +350,8 @@ class SliceDataModule(L.LightningDataModule):
                 self._write_case(f, spec.case_id, case)
                 del case
                 progress.advance(task)
+                if self._plain_progress is not None:
+                    self._plain_progress.advance(f"{split}: {spec.case_id}")
 
     def _check_case(self, case_id: str, case: CaseData) -> None:
         c = self.in_channels
@@ -354,7 +432,15 @@ class SliceDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "train", batch_size=self.batch_size, shuffle=True)
+        """Shuffled training slices; a last batch of a single slice is dropped (BatchNorm
+        cannot train on one sample: "Expected more than 1 value per channel")."""
+        n = len(self.train_set) if self.train_set is not None else 0
+        world = getattr(getattr(self, "trainer", None), "world_size", 1) or 1
+        per_rank = -(-n // world)  # DistributedSampler pads every rank to ceil(n / world)
+        drop_last = self.batch_size > 1 and per_rank % self.batch_size == 1
+        return self._loader(
+            self.train_set, "train", batch_size=self.batch_size, shuffle=True, drop_last=drop_last
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, "val", batch_size=self.batch_size, shuffle=False)

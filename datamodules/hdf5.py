@@ -161,6 +161,11 @@ def _case_geometry(attrs: Any) -> dict[str, Any]:
         "affine": torch.from_numpy(np.asarray(attrs.get("affine", nan), np.float64).copy()),
         "raw_affine": torch.from_numpy(np.asarray(attrs.get("raw_affine", nan), np.float64).copy()),
         "slice_axis": str(attrs.get("slice_axis", "superior")),
+        # the raw header's qform / sform and codes (NaN / -1 when unknown: older files)
+        "raw_qform": torch.from_numpy(np.asarray(attrs.get("raw_qform", nan), np.float64).copy()),
+        "raw_sform": torch.from_numpy(np.asarray(attrs.get("raw_sform", nan), np.float64).copy()),
+        "raw_qform_code": int(attrs.get("raw_qform_code", -1)),
+        "raw_sform_code": int(attrs.get("raw_sform_code", -1)),
     }
 
 

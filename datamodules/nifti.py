@@ -73,9 +73,10 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         gzip.BadGzipFile,
         nib.filebasedimages.ImageFileError,
         nib.spatialimages.HeaderDataError,
+        nib.wrapstruct.WrapStructError,  # empty file or not a NIfTI header
     ) as exc:
         raise ValueError(
-            f"Cannot read NIfTI file {path}: it is corrupt or truncated ({type(exc).__name__}: "
+            f"Cannot read NIfTI file {path}: it is empty, corrupt or truncated ({type(exc).__name__}: "
             f"{exc}). Expected a readable 3D .nii or .nii.gz volume."
         ) from exc
     if data.ndim == 4 and data.shape[3] == 1:

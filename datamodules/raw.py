@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from datamodules.nifti import raw_to_canonical, read_nifti
@@ -24,6 +25,7 @@ __all__ = [
     "check_label_values",
     "check_same_geometry",
     "load_nifti_case",
+    "raw_header_codes",
 ]
 
 
@@ -115,6 +117,22 @@ def check_same_geometry(case_id: str, items: Sequence[tuple[Path, tuple, np.ndar
             )
 
 
+def raw_header_codes(path: Path) -> dict[str, Any]:
+    """The qform / sform of a NIfTI header with their codes (``raw_qform``, ``raw_sform``
+    (4, 4) float64, ``raw_qform_code``, ``raw_sform_code`` int), so that saved predictions
+    carry the input's codes as ``make predict`` writes them. Only the header is read."""
+    header = nib.load(str(path)).header
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    nan = np.full((4, 4), np.nan)
+    return {
+        "raw_qform": nan if qform is None else np.asarray(qform, np.float64),
+        "raw_sform": nan if sform is None else np.asarray(sform, np.float64),
+        "raw_qform_code": int(qcode),
+        "raw_sform_code": int(scode),
+    }
+
+
 def load_nifti_case(
     case_id: str,
     image_paths: Sequence[Path],
@@ -166,5 +184,6 @@ def load_nifti_case(
         "raw_affine": raw_affine,
         "raw_shape": np.asarray(loaded[0][0].shape, dtype=np.int64),
         "slice_axis": slice_axis,
+        **raw_header_codes(image_paths[0]),
     }
     return channels, np.ascontiguousarray(label), affine, spacing, attrs

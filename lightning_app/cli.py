@@ -21,8 +21,14 @@
   ``<dataset>`` comes from the datamodule class (``PhantomDataModule -> phantom``), ``<loss>``
   from the ``configs/loss/<name>.yaml`` given with ``--config`` (else the loss class name), the
   run name from ``$LIGHTNING_APP_RUN_NAME``, ``$SLURM_JOB_ID``, torchrun's run id, or else the
-  launch time plus a random suffix. A run directory given with ``--trainer.default_root_dir`` is
-  used as is. Loggers whose ``save_dir`` is unset or ``.``, and ``ModelCheckpoint`` callbacks
+  launch time plus a random suffix. ``test``, ``validate`` and ``predict`` are runs of their
+  own: without ``$LIGHTNING_APP_RUN_NAME`` their name is ``[<launcher name>-]<subcommand>-<time>-
+  <random>`` (:func:`eval_run_name`), so ``make eval`` after ``make train`` in one SLURM job
+  never writes into the training run. A run directory given with
+  ``--trainer.default_root_dir`` (or a name given with ``$LIGHTNING_APP_RUN_NAME``) is used as
+  is; when such a directory already holds a run's ``config.yaml``, a ``test`` / ``validate`` /
+  ``predict`` saves its config as ``config-<subcommand>.yaml`` instead, so a training run's
+  files are never rewritten by another command. Loggers whose ``save_dir`` is unset or ``.``, and ``ModelCheckpoint`` callbacks
   without ``dirpath``, are pointed into the run directory; the W&B logger gets ``id`` and
   ``name`` = run name, project ``topk-dice-<dataset>``, group ``<dataset>/<loss>`` and tags
   ``[<dataset>, <loss>]`` unless set. These derived values are recomputed from the run directory
@@ -48,12 +54,22 @@ from typing import Any
 from jsonargparse import ActionYesNo, Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from torch import nn
 
 from lightning_app.loggers import resolve_wandb_mode
 from lightning_app.reports import TestReport
 from models import SegmentationModel
 
-__all__ = ["SegmentationCLI", "main", "RUN_NAME_ENV", "dataset_name", "loss_name", "run_name"]
+__all__ = [
+    "SegmentationCLI",
+    "check_batch_norm_batch_size",
+    "main",
+    "RUN_NAME_ENV",
+    "dataset_name",
+    "eval_run_name",
+    "loss_name",
+    "run_name",
+]
 
 #: Environment variable naming the run; the CLI sets it when it invents a name, so the DDP
 #: worker processes that Lightning launches (which re-run the same command) agree on the run
@@ -128,6 +144,57 @@ def run_name() -> str:
     return name
 
 
+def _launcher_name() -> str | None:
+    """``slurm-<job id>`` or ``torchrun-<run id>`` when such a launcher started us."""
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    if os.environ.get("TORCHELASTIC_RUN_ID", "none") not in ("", "none"):
+        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    return None
+
+
+def _external_world_size() -> int:
+    """Processes started by an external launcher (torchrun, srun), 1 if none."""
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def eval_run_name(subcommand: str) -> str:
+    """The run name of a ``test`` / ``validate`` / ``predict`` without ``$LIGHTNING_APP_RUN_NAME``:
+    ``[slurm-<job id>-|torchrun-<run id>-]<subcommand>-YYYYmmdd-HHMMSS-<6 hex>``, exported in
+    ``$LIGHTNING_APP_RUN_NAME`` for Lightning's DDP worker processes. Under an external
+    multi-process launcher (``WORLD_SIZE`` or ``SLURM_NTASKS`` > 1), whose processes cannot
+    share a random name, it is ``<launcher name>-<subcommand>[-step<SLURM_STEP_ID>]``."""
+    base = _launcher_name()
+    if _external_world_size() > 1 and base:
+        step = os.environ.get("SLURM_STEP_ID", "")
+        name = f"{base}-{subcommand}" + (f"-step{step}" if step.isdigit() else "")
+    else:
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        name = f"{base}-{subcommand}-{stamp}" if base else f"{subcommand}-{stamp}"
+    os.environ[RUN_NAME_ENV] = name
+    return name
+
+
+def check_batch_norm_batch_size(model: nn.Module, datamodule: Any) -> None:
+    """Raise before training when a network with BatchNorm would train on single samples.
+
+    Raises:
+        ValueError: ``datamodule.batch_size == 1`` and ``model`` has a BatchNorm layer.
+    """
+    if getattr(datamodule, "batch_size", None) != 1:
+        return
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if names:
+        raise ValueError(
+            "Expected argument `data.batch_size` to be >= 2 for a network with BatchNorm "
+            f"({len(names)} layers, e.g. {names[0]!r}), but got 1: BatchNorm cannot train on "
+            "one slice per batch. Use --data.batch_size=2 or more."
+        )
+
+
 def _is(entry: Any, names: tuple[str, ...]) -> bool:
     return isinstance(entry, Namespace) and _class_name(entry.get("class_path")) in names
 
@@ -177,7 +244,11 @@ class SegmentationCLI(LightningCLI):
         trainer = cfg.trainer
         if trainer.get("default_root_dir") is None:
             self._generated_name = not os.environ.get(RUN_NAME_ENV)
-            trainer.default_root_dir = os.path.join("logs", dataset, loss, run_name())
+            if self.subcommand in (None, "fit") or not self._generated_name:
+                name = run_name()
+            else:  # an evaluation is a run of its own (never the training run's directory)
+                name = eval_run_name(self.subcommand)
+            trainer.default_root_dir = os.path.join("logs", dataset, loss, name)
         self.run_dir = os.fspath(trainer.default_root_dir)
         if resolve_wandb_mode() == "disabled":
             loggers = [lg for lg in _as_list(trainer.get("logger")) if not _is(lg, _WANDB_LOGGERS)]
@@ -194,6 +265,9 @@ class SegmentationCLI(LightningCLI):
                 "Pass `--ckpt_path last` to continue it, or `--trainer.default_root_dir=<new dir>` "
                 "(or `=null` for a fresh name) to start a new run."
             )
+        if self.subcommand not in (None, "fit") and os.path.isfile(config_file):
+            # a given directory that holds a run: never rewrite that run's config
+            config_file = os.path.join(self.run_dir, f"config-{self.subcommand}.yaml")
         # SaveConfigCallback joins this to trainer.log_dir; an absolute path wins the join, so
         # the config lands in the run directory whichever logger comes first.
         self.save_config_kwargs["config_filename"] = os.path.abspath(config_file)
@@ -250,6 +324,10 @@ class SegmentationCLI(LightningCLI):
         for cb in self.trainer.callbacks:
             if isinstance(cb, SaveConfigCallback):
                 cb.config = self._sub_config(unresolved)
+
+    def before_fit(self) -> None:
+        """Refuse ``batch_size=1`` with BatchNorm before anything is written."""
+        check_batch_norm_batch_size(self.model, self.datamodule)
 
     def _forget_generated_name(self) -> None:
         # a later CLI call in the same Python process must invent its own run name

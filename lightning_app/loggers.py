@@ -10,22 +10,58 @@ Mode resolution (:func:`resolve_wandb_mode`), first match wins:
    ``api.wandb.ai``; ``wandb login`` writes it) -> ``online``.
 4. Otherwise ``offline``: the run is written under ``<save_dir>/wandb/offline-run-*`` and can be
    uploaded later with ``wandb sync <that dir>``.
+
+W&B never stops a run (:class:`WandbLogger`): when the mode is online but the W&B server cannot
+be reached at start (a compute node without internet, a firewalled host), the run continues
+offline within about 25 s and says how to ``wandb sync`` it later; any W&B error in the middle
+of a run is reported once and W&B logging stops, while training and the CSV logger go on. On
+clusters, ``WANDB_MODE=offline`` skips the reachability check altogether.
 """
 
 from __future__ import annotations
 
 import netrc
 import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-__all__ = ["WandbLogger", "resolve_wandb_mode", "has_wandb_credentials"]
+__all__ = ["WandbLogger", "resolve_wandb_mode", "has_wandb_credentials", "wandb_server_reachable"]
 
 WandbMode = Literal["online", "offline", "disabled"]
+
+#: seconds the reachability check waits for the W&B server
+PROBE_TIMEOUT_S = 8.0
+#: ``wandb.init``'s own timeout (``init_timeout``) for an online start (W&B's default is 90 s)
+INIT_TIMEOUT_S = 15.0
+
+
+def wandb_base_url() -> str:
+    """The W&B server: ``$WANDB_BASE_URL``, default ``https://api.wandb.ai``."""
+    return os.environ.get("WANDB_BASE_URL", "").strip() or "https://api.wandb.ai"
+
+
+def wandb_server_reachable(url: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True if an HTTP request to the W&B server gets any answer within ``timeout`` seconds.
+
+    Any HTTP status counts as reachable (the request carries no credentials); a refused or
+    timed-out connection, an unknown host or a proxy failure count as unreachable. Proxies from
+    the environment (``HTTPS_PROXY``) are honoured.
+    """
+    request = urllib.request.Request(url or wandb_base_url(), method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 - http(s) only
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def has_wandb_credentials() -> bool:
@@ -73,6 +109,14 @@ class WandbLogger(_LightningWandbLogger):
       the process environment is not modified.
     - ``finalize`` finishes the W&B run (so several fits in one Python process each get their
       own run, or resume the same one when ``id`` is fixed), remembering its id.
+    - W&B never stops the run. Online start: the server is probed first
+      (:func:`wandb_server_reachable`, ``PROBE_TIMEOUT_S``) and ``wandb.init`` gets
+      ``init_timeout=INIT_TIMEOUT_S`` unless ``settings`` sets one; if the server cannot be
+      reached or ``wandb.init`` fails, the run starts offline instead and a warning gives the
+      ``wandb sync`` command (``self.fallback_reason`` says why). Every later W&B call
+      (metrics, hyperparameters, images, checkpoints, finish) that raises is reported once as
+      a warning and W&B logging stops for the rest of the run (``self.failed``); training and
+      the other loggers go on.
 
     Args:
         name: run display name. save_dir: folder that receives ``wandb/`` (the CLI sets it to
@@ -126,8 +170,89 @@ class WandbLogger(_LightningWandbLogger):
             **kwargs,
         )
         self.mode: str = kwargs["mode"]
+        self.fallback_reason: str | None = None
+        self.failed: str | None = None
         if self._wandb_init.get("anonymous") is None:  # wandb warns about the unused setting
             self._wandb_init.pop("anonymous", None)
+
+    # ------------------------------------------------------------------ start
+    @property
+    def experiment(self) -> Any:
+        """The W&B run, started on first use (online, or offline when the server is away)."""
+        if self._experiment is None and rank_zero_only.rank == 0:
+            self._start()
+        return _LightningWandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
+
+    def _start(self) -> None:
+        start = _LightningWandbLogger.experiment.fget  # type: ignore[attr-defined]
+        if self.mode != "online":
+            start(self)
+            return
+        url = wandb_base_url()
+        if not wandb_server_reachable(url):
+            self._go_offline(f"the W&B server {url} cannot be reached")
+            start(self)
+            return
+        import wandb
+
+        settings = self._wandb_init.get("settings")
+        if settings is None:
+            self._wandb_init["settings"] = wandb.Settings(init_timeout=INIT_TIMEOUT_S)
+        try:
+            start(self)
+        except Exception as err:  # noqa: BLE001 - any W&B failure: continue offline
+            self._experiment = None
+            try:
+                wandb.finish(exit_code=1)
+            except Exception:  # noqa: BLE001, S110 - nothing to clean up
+                pass
+            self._go_offline(f"wandb.init failed ({type(err).__name__}: {err})")
+            start(self)
+
+    def _go_offline(self, reason: str) -> None:
+        self.fallback_reason = reason
+        self.mode = "offline"
+        self._wandb_init["mode"] = "offline"
+        self._wandb_init.pop("settings", None)
+        save_dir = self._wandb_init.get("dir") or "."
+        rank_zero_warn(
+            f"W&B: {reason}; this run continues OFFLINE in {os.path.abspath(save_dir)}/wandb/"
+            "offline-run-*. Upload it later from a machine with internet: "
+            "`wandb sync <that offline-run-* folder>`. On compute nodes without internet set "
+            "WANDB_MODE=offline to skip this check."
+        )
+
+    # ------------------------------------------------------------------ never fail the run
+    def _fail(self, what: str, err: BaseException) -> None:
+        if self.failed is None:
+            self.failed = f"{what}: {type(err).__name__}: {err}"
+            rank_zero_warn(
+                f"W&B failed during {what} ({type(err).__name__}: {err}); W&B logging stops "
+                "for the rest of this run, training goes on and the CSV logger keeps every "
+                "metric."
+            )
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        _guarded("log_hyperparams", super().log_hyperparams, self, args, kwargs)
+
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
+        _guarded("log_metrics", super().log_metrics, self, args, kwargs)
+
+    def log_table(self, *args: Any, **kwargs: Any) -> None:
+        _guarded("log_table", super().log_table, self, args, kwargs)
+
+    def log_text(self, *args: Any, **kwargs: Any) -> None:
+        _guarded("log_text", super().log_text, self, args, kwargs)
+
+    def log_image(self, *args: Any, **kwargs: Any) -> None:
+        _guarded("log_image", super().log_image, self, args, kwargs)
+
+    def after_save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        _guarded("after_save_checkpoint", super().after_save_checkpoint, self, args, kwargs)
+
+    def log_payload(self, payload: dict[str, Any]) -> None:
+        """``experiment.log(payload)``, guarded like every other W&B call."""
+        _guarded("log", lambda p: self.experiment.log(p), self, (payload,), {})
 
     @property
     def run_dir(self) -> str | None:
@@ -138,9 +263,26 @@ class WandbLogger(_LightningWandbLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        super().finalize(status)
-        if self._experiment is not None and hasattr(self._experiment, "finish"):
-            self._wandb_init["id"] = self._experiment.id
-            self._id = self._experiment.id
-            self._experiment.finish(exit_code=0 if status == "success" else 1)
+        try:
+            if self.failed is None:
+                super().finalize(status)
+            if self._experiment is not None and hasattr(self._experiment, "finish"):
+                self._wandb_init["id"] = self._experiment.id
+                self._id = self._experiment.id
+                self._experiment.finish(exit_code=0 if status == "success" else 1)
+        except Exception as err:  # noqa: BLE001 - the run's own outputs are already safe
+            self._fail("finish", err)
+        finally:
             self._experiment = None
+
+
+def _guarded(
+    what: str, call: Callable[..., Any], logger: WandbLogger, args: tuple, kwargs: dict
+) -> None:
+    """Run a W&B call unless W&B already failed in this run; report the first failure."""
+    if logger.failed is not None:
+        return
+    try:
+        call(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - W&B must never stop the run
+        logger._fail(what, err)

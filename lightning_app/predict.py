@@ -26,15 +26,21 @@ Inputs (``--input``, one or more paths):
   such as ``ground_truth.nii.gz``, are ignored). A folder that holds no channel files itself
   stands for its sub-folders, one case each. The channels must share one voxel grid.
 
-Bad input (a path that does not exist, not NIfTI, a 4D series, a missing or ambiguous channel
-file, channels on different grids, NaN intensities) raises an error naming the file.
+Bad input (a path that does not exist, not NIfTI, an empty or unreadable file, a 4D series, a
+missing or ambiguous channel file, channels on different grids, NaN intensities) raises an
+error naming the file. Every input's header and the output folder are checked before the first
+forward pass (:func:`check_inputs`, :func:`check_output_folder`), so a bad file in the middle
+of a folder stops the command before anything is written; only what needs the voxels (NaN
+intensities, a truncated data block) is found while the case is read.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +61,8 @@ from models.inference import predict_volume
 __all__ = [
     "InputCase",
     "LoadedCheckpoint",
+    "check_inputs",
+    "check_output_folder",
     "find_cases",
     "load_checkpoint",
     "main",
@@ -206,6 +214,79 @@ def find_cases(inputs: Sequence[str | Path], channel_names: Sequence[str]) -> li
             "case names must be distinct"
         )
     return cases
+
+
+def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of a NIfTI file from its header (the voxels are not read)."""
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError("the file is empty")
+        image = nib.load(str(path))
+        shape, affine = tuple(int(n) for n in image.shape), np.asarray(image.affine, float)
+    except Exception as err:  # nibabel, gzip and OS errors all mean "not a readable NIfTI"
+        raise ValueError(
+            f"Cannot read NIfTI file {path}: it is empty, corrupt or not NIfTI "
+            f"({type(err).__name__}: {err}). Expected a readable 3D .nii or .nii.gz volume."
+        ) from err
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        what = "a 4D series" if len(shape) == 4 else f"{len(shape)}D"
+        raise ValueError(
+            f"{path} is {what} of shape {shape}; expected one 3D volume per file (split a time "
+            "series into 3D frames, e.g. ACDC's patientNNN_frameFF.nii.gz, and a multi-channel "
+            "case into one file per channel)"
+        )
+    return shape, affine
+
+
+def check_inputs(cases: Sequence[InputCase]) -> None:
+    """Check every case's files from their headers, before any case is predicted.
+
+    Raises:
+        ValueError: naming the file: empty, unreadable or not NIfTI, not 3D (a 4D series), or
+            channels of one case on different voxel grids.
+    """
+    for case in cases:
+        items = [(path, *_header(path)) for path in case.files]
+        check_same_geometry(case.name, items)
+
+
+def check_output_folder(output: str | Path, cases: Sequence[InputCase]) -> Path:
+    """Create the output folder and prove it writable, before any case is predicted.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        ValueError: the output is an existing file (or lies under one), is a folder that holds
+            input files (masks would land beside the scans), cannot be created or is not
+            writable.
+    """
+    out_dir = Path(output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"Output {out_dir} is a file; --output must be a folder")
+    resolved = out_dir.resolve()
+    for case in cases:
+        for path in case.files:
+            if path.resolve().parent == resolved:
+                raise ValueError(
+                    f"Output folder {out_dir} holds the input {path}: the masks would land "
+                    "beside the scans and be read as inputs next time; choose another --output"
+                )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(
+            f"Output folder {out_dir} cannot be created or written ({reason}); choose a "
+            "writable --output"
+        ) from err
+    if not os.access(out_dir, os.W_OK):
+        raise ValueError(f"Output folder {out_dir} is not writable; choose a writable --output")
+    return out_dir
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,21 +480,22 @@ def predict_files(
         The written ``output/<case>.nii.gz`` paths, in case order.
 
     Raises:
-        ValueError: an output would overwrite an input, or any error of :func:`find_cases` /
-            :func:`predict_case` (checked for every case before the first is predicted where
-            possible: paths first, then each case as it is read).
+        ValueError: an output would overwrite an input, or any error of :func:`find_cases`,
+            :func:`check_inputs`, :func:`check_output_folder` (all before the first case is
+            predicted) or :func:`predict_case` (what needs the voxels, as each case is read).
     """
     channel_names = list(getattr(loaded.datamodule, "channel_names", []) or [])
     if len(channel_names) != loaded.model.hparams.in_channels:
         channel_names = [f"channel{i}" for i in range(loaded.model.hparams.in_channels)]
     cases = find_cases(inputs, channel_names)
+    check_inputs(cases)
     out_dir = Path(output)
     inputs_resolved = {p.resolve() for c in cases for p in c.files}
     targets = [out_dir / f"{c.name}.nii.gz" for c in cases]
     for target in targets:
         if target.resolve() in inputs_resolved:
             raise ValueError(f"Output {target} would overwrite an input; choose another --output")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out_dir, cases)
     written = []
     for case, target in zip(cases, targets, strict=True):
         mask = predict_case(

@@ -308,6 +308,13 @@ def write_prediction(pred: np.ndarray, batch: dict[str, Any], path: str | os.Pat
     image = nib.Nifti1Image(data, out_affine)
     image.set_qform(out_affine, code=1)
     image.set_sform(out_affine, code=1)
+    if raw_affine is not None:  # the input's own qform / sform and codes, as make predict
+        for name, setter in (("qform", image.set_qform), ("sform", image.set_sform)):
+            code, matrix = _first(batch, f"raw_{name}_code"), _first(batch, f"raw_{name}")
+            if code is None or int(code) < 0:
+                continue  # not recorded (split files written before the codes were stored)
+            finite = matrix is not None and np.isfinite(np.asarray(matrix, np.float64)).all()
+            setter(np.asarray(matrix, np.float64) if finite else out_affine, code=int(code))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name.removesuffix('.nii.gz')}.{os.getpid()}.tmp.nii.gz")
     nib.save(image, str(tmp))

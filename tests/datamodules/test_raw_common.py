@@ -201,7 +201,9 @@ def test_loaders_with_two_workers(fake: Fake) -> None:
         assert batch["label"].dtype == torch.int64 and batch["label"].shape[1:] == (24, 24)
         assert int(batch["label"].max()) < dm.num_classes
         n += batch["image"].shape[0]
-    assert n == len(dm.train_set) == 2 * (2 if fake.name == "acdc" else 1) * RAW_SHAPE[2]
+    assert len(dm.train_set) == 2 * (2 if fake.name == "acdc" else 1) * RAW_SHAPE[2]
+    # a last batch of a single slice is dropped (BatchNorm cannot train on it): 16 % 3 == 1
+    assert n == len(dm.train_set) - (1 if len(dm.train_set) % 3 == 1 else 0)
     val = next(iter(dm.val_dataloader()))
     assert val["image"].shape == (3, dm.in_channels, 24, 24)
     dm.setup("test")

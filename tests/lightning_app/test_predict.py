@@ -348,3 +348,138 @@ def test_dataset_and_network_must_agree(tmp_path: Path) -> None:
     _run_config(ckpt, "torch.nn.Linear", {})
     with pytest.raises(ValueError, match="is not a LightningDataModule"):
         load_checkpoint(ckpt)
+
+
+# --------------------------------------------------------------------------------------------
+# every input and the output folder are checked before the first forward pass
+# --------------------------------------------------------------------------------------------
+def _good_scan(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _write(path, np.zeros((8, 8, 3), np.float32), np.eye(4))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"plain text, not a NIfTI header", None],
+    ids=["empty", "text", "gzip-of-text"],
+)
+def test_cli_rejects_empty_or_non_nifti_file_naming_it(
+    tmp_path: Path, phantom_ckpt: Path, capsys, content: bytes | None
+):
+    import gzip
+
+    bad = tmp_path / "in" / "b_bad.nii.gz"
+    _good_scan(tmp_path / "in" / "a_good.nii.gz")
+    bad.write_bytes(gzip.compress(b"not a header" * 10) if content is None else content)
+    out = tmp_path / "out"
+    _expect_exit(
+        capsys,
+        ["--ckpt", str(phantom_ckpt), "--input", str(tmp_path / "in"), "--output", str(out)],
+        f"Cannot read NIfTI file {bad}",
+    )
+    assert not out.exists()  # checked before anything was written
+
+
+def test_read_nifti_names_an_empty_file(tmp_path: Path) -> None:
+    # the same reader serves prepare_data
+    from datamodules.nifti import read_nifti
+
+    bad = tmp_path / "img0001.nii.gz"
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"Cannot read NIfTI file {bad}"):
+        read_nifti(bad)
+
+
+def test_4d_file_in_the_middle_of_a_folder_stops_before_any_output(
+    tmp_path: Path, phantom_ckpt: Path, capsys
+):
+    folder = tmp_path / "in"
+    _good_scan(folder / "a.nii.gz")
+    four_d = _write(folder / "b.nii.gz", np.zeros((8, 8, 3, 2), np.float32), np.eye(4))
+    _good_scan(folder / "c.nii.gz")
+    out = tmp_path / "out"
+    _expect_exit(
+        capsys,
+        ["--ckpt", str(phantom_ckpt), "--input", str(folder), "--output", str(out)],
+        f"{four_d} is a 4D series of shape (8, 8, 3, 2)",
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under-file", "input-folder"])
+def test_bad_output_folder_is_refused_before_any_work(
+    tmp_path: Path, phantom_ckpt: Path, capsys, where: str
+):
+    folder = tmp_path / "in"
+    scan = folder / "case.nii"  # .nii: the mask case.nii.gz would land beside it
+    scan.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)), str(scan))
+    a_file = tmp_path / "masks.txt"
+    a_file.write_text("x")
+    out, match = {
+        "file": (a_file, f"Output {a_file} is a file"),
+        "under-file": (a_file / "sub", f"Output folder {a_file / 'sub'} cannot be created"),
+        "input-folder": (folder, f"Output folder {folder} holds the input {scan}"),
+    }[where]
+    _expect_exit(
+        capsys, ["--ckpt", str(phantom_ckpt), "--input", str(folder), "--output", str(out)], match
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["case.nii"]
+    assert a_file.read_text() == "x"
+
+
+def test_unwritable_output_folder_is_refused(tmp_path: Path, phantom_ckpt: Path, capsys):
+    import os
+
+    scan = _good_scan(tmp_path / "in" / "case.nii.gz")
+    if os.geteuid() == 0:  # root writes through permission bits: use a read-only file system
+        out = Path("/proc/topk-dice-predictions")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        out = locked / "masks"
+    _expect_exit(
+        capsys,
+        ["--ckpt", str(phantom_ckpt), "--input", str(scan), "--output", str(out)],
+        f"Output folder {out} cannot be created or written",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# make phantom-nifti: a scan to try make predict on
+# --------------------------------------------------------------------------------------------
+def test_phantom_nifti_export_round_trips_and_predicts(
+    tmp_path: Path, phantom_ckpt: Path, capsys
+) -> None:
+    import importlib.util
+
+    from datamodules.phantom import generate_phantom
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "phantom_nifti", REPO / "scripts" / "phantom_nifti.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = tmp_path / "phantom.yaml"
+    init = {"num_train": 1, "num_val": 1, "num_test": 2, "volume_shape": [8, 40, 48], "seed": 7}
+    config.write_text(yaml.safe_dump({"data": {"init_args": init}}))
+    written = module.main(["--config", str(config), "--output", str(tmp_path / "nifti")])
+    assert [p.name for p, _ in written] == ["phantom002.nii.gz", "phantom003.nii.gz"]
+    image_path, label_path = written[1]
+    # the volume prepare_data draws for case 3, in raw (x, y, z) order with the spacing
+    image, label = generate_phantom(np.random.default_rng([7, 3]), shape=(8, 40, 48))
+    img = nib.load(str(image_path))
+    assert img.shape == (48, 40, 8)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), image.transpose(2, 1, 0))
+    np.testing.assert_array_equal(np.asarray(nib.load(str(label_path)).dataobj).T, label)
+    np.testing.assert_allclose(img.affine, np.diag([1.0, 1.0, 2.0, 1.0]))
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    # the README walkthrough: predict on the exported images folder (labels kept apart)
+    out = tmp_path / "masks"
+    masks = main(
+        ["--ckpt", str(phantom_ckpt), "--input", str(tmp_path / "nifti" / "images"),
+         "--output", str(out)]
+    )  # fmt: skip
+    assert [p.name for p in masks] == ["phantom002.nii.gz", "phantom003.nii.gz"]
+    assert nib.load(str(masks[1])).shape == (48, 40, 8)
