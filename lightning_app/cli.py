@@ -35,7 +35,9 @@
   at every launch and are not written into ``config.yaml``, so
   ``--config <run>/config.yaml --ckpt_path last`` continues the run (same checkpoints folder,
   same W&B run id) and ``--config <run>/config.yaml --trainer.default_root_dir=null`` repeats it
-  as a new run.
+  as a new run. A ``fit`` that SLURM restarts (``$SLURM_RESTART_COUNT`` > 0: ``sbatch --requeue``
+  and a preemption, a time limit or ``scontrol requeue``) finds its run directory by the same
+  job id and resumes from its newest checkpoint (:mod:`lightning_app.checkpoints`) by itself.
 - ``WANDB_MODE=disabled`` removes W&B loggers (CSV only).
 
 Everything else (model, optimizer, scheduler, trainer, callbacks, seed) comes from the yaml
@@ -56,6 +58,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from torch import nn
 
+from lightning_app.checkpoints import resume_checkpoint, slurm_restart_count
 from lightning_app.loggers import resolve_wandb_mode
 from lightning_app.reports import TestReport
 from models import SegmentationModel
@@ -254,7 +257,16 @@ class SegmentationCLI(LightningCLI):
             loggers = [lg for lg in _as_list(trainer.get("logger")) if not _is(lg, _WANDB_LOGGERS)]
             trainer.logger = loggers or False
         config_file = os.path.join(self.run_dir, "config.yaml")
-        if (
+        if self.subcommand == "fit" and cfg.get("ckpt_path") is None and slurm_restart_count():
+            # a requeued SLURM job (preemption, time limit, `scontrol requeue`) continues its run
+            resume = resume_checkpoint(self.run_dir)
+            if resume is not None:
+                cfg.ckpt_path = os.fspath(resume)
+            if _env_rank() == 0:
+                job = f"SLURM job {os.environ.get('SLURM_JOB_ID')}, restart {slurm_restart_count()}"
+                what = f"resuming from {resume}" if resume else "no checkpoint yet, starting again"
+                print(f"{job}: {what} in {self.run_dir}", flush=True)
+        elif (
             self.subcommand == "fit"
             and cfg.get("ckpt_path") is None
             and _env_rank() == 0

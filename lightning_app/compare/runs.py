@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lightning_app.checkpoints import resume_checkpoint
 from lightning_app.cli import RUN_NAME_ENV
 from lightning_app.compare.plan import (
     FIT_DONE,
@@ -30,18 +31,6 @@ def find_per_case_csv(run_dir: Path) -> Path | None:
         return direct
     found = sorted(run_dir.glob(f"**/{PER_CASE_FILE}"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
-
-
-def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint an interrupted fit continues from: the newest of ``checkpoints/last.ckpt``
-    (written at every epoch end) and ``hpc_ckpt_<n>.ckpt`` (written by Lightning's SLURM
-    auto-requeue when the job receives the ``--signal`` of a time limit or preemption, mid-epoch);
-    ``None`` when there is neither."""
-    found = [p for p in run_dir.glob("hpc_ckpt_*.ckpt") if p.is_file()]
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        found.append(last)
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def run_state(run_dir: Path) -> str:
