@@ -82,6 +82,13 @@ def _check_size(image_size: Any) -> int:
     return image_size
 
 
+def _aligned_resize(size: int) -> A.Resize:
+    """Resize to ``size x size`` on pixel centres: bilinear image, ``INTER_NEAREST_EXACT`` mask."""
+    return A.Resize(
+        size, size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST_EXACT
+    )
+
+
 def build_train_transform(image_size: int, protocol: DataProtocol = "default") -> SliceTransform:
     """Training augmentation of one (H, W, C) slice and its (H, W) mask, output (S, S).
 
@@ -97,12 +104,7 @@ def build_train_transform(image_size: int, protocol: DataProtocol = "default") -
         return TransUNetTransform(size, augment=True)
     return A.Compose(
         [
-            A.Resize(
-                size,
-                size,
-                interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST_EXACT,
-            ),
+            _aligned_resize(size),
             A.OneOf(
                 [
                     A.Sequential([A.RandomRotate90(p=1.0), A.HorizontalFlip(p=1.0)], p=1.0),
@@ -132,16 +134,7 @@ def build_eval_transform(image_size: int, protocol: DataProtocol = "default") ->
     size = _check_size(image_size)
     if check_protocol(protocol) == "transunet":
         return TransUNetTransform(size, augment=False)
-    return A.Compose(
-        [
-            A.Resize(
-                size,
-                size,
-                interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST_EXACT,
-            )
-        ]
-    )
+    return A.Compose([_aligned_resize(size)])
 
 
 # ------------------------------------------------------------------------------ transunet
