@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from lightning_app.cli import SegmentationCLI
 from losses import build_loss
@@ -110,9 +111,13 @@ def test_resume_from_last_continues_the_run(
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 8
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 8
-    # scheduler continued over the 8-step horizon: lr_t = 0.01 (1 - t/8)^0.9, by hand
+    # scheduler continued over the 8-step horizon: lr_t = lr_0 (1 - t/8)^0.9, by hand, with
+    # lr_0 the run's configured lr (the phantom recipe's AdamW 2e-3)
+    lr_0 = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["optimizer"]
+    lr_0 = float(lr_0["init_args"]["lr"])
+    assert lr_0 == pytest.approx(2e-3)
     lr_first = first["optimizer_states"][0]["param_groups"][0]["lr"]
-    assert lr_first == pytest.approx(0.01 * (1 - 4 / 8) ** 0.9)
+    assert lr_first == pytest.approx(lr_0 * (1 - 4 / 8) ** 0.9)
     assert last["lr_schedulers"][0]["last_epoch"] == 8
     # CSV: one version per attempt; the second starts at epoch 1
     rows = read_csv(run_dir / "csv" / "version_1" / "metrics.csv")
