@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.losses import DiceLoss
 
 
 def make_inputs(batch=2, classes=4, spatial=(12, 10), seed=0, dtype=torch.float32):
@@ -16,3 +17,15 @@ def make_inputs(batch=2, classes=4, spatial=(12, 10), seed=0, dtype=torch.float3
 @pytest.fixture
 def inputs():
     return make_inputs()
+
+
+def monai_batch_dice(logits, target):
+    """MONAI's squared soft Dice with sums over the whole batch (TransUNet's reduction)."""
+    return DiceLoss(
+        softmax=True,
+        to_onehot_y=True,
+        squared_pred=True,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+        batch=True,
+    )(logits, target.unsqueeze(1))

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DiceCELoss
 from monai.losses import FocalLoss as MonaiFocalLoss
 from torch.nn import functional as F
 
 from losses import CrossEntropyLoss, FocalLoss, build_loss
-from tests.losses.conftest import make_inputs
+from tests.losses.conftest import make_inputs, monai_batch_dice
 
 
 def test_cross_entropy_matches_torch(inputs):
@@ -69,14 +69,7 @@ def test_focal_dice_matches_monai_terms(inputs):
     logits, target = inputs
     t = target.unsqueeze(1)
     focal = MonaiFocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)(logits, t)
-    dice = DiceLoss(
-        softmax=True,
-        to_onehot_y=True,
-        squared_pred=True,
-        smooth_nr=1e-5,
-        smooth_dr=1e-5,
-        batch=True,
-    )(logits, t)
+    dice = monai_batch_dice(logits, target)
     expected = 0.5 * focal * logits.shape[1] + 0.5 * dice
     assert torch.allclose(build_loss("focal_dice")(logits, target), expected, atol=1e-5)
 

@@ -13,7 +13,7 @@ from monai.losses import FocalLoss as MonaiFocalLoss
 from torch.nn import functional as F
 
 from losses import SoftDiceLoss, TopKCrossEntropyLoss, TopKDiceLoss, build_loss
-from tests.losses.conftest import make_inputs
+from tests.losses.conftest import make_inputs, monai_batch_dice
 from tests.losses.reference import (
     nnunet_topk_ce,
     topk_dice_batch_reference,
@@ -22,17 +22,6 @@ from tests.losses.reference import (
 )
 
 SHAPES = [(4, 9, (16, 12)), (3, 4, (5, 6, 4)), (1, 3, (8, 8))]
-
-
-def monai_batch_dice(logits, target):
-    return DiceLoss(
-        softmax=True,
-        to_onehot_y=True,
-        squared_pred=True,
-        smooth_nr=1e-5,
-        smooth_dr=1e-5,
-        batch=True,
-    )(logits, target.unsqueeze(1))
 
 
 @pytest.mark.parametrize(("batch", "classes", "spatial"), SHAPES)
