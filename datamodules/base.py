@@ -24,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.hdf5 import FORMAT_VERSION, SPLITS, SliceDataset, VolumeDataset
+from datamodules.loader import SliceLoader
 from datamodules.locking import data_dir_lock
 from datamodules.raw import CaseData, CaseSpec, check_finite
 from datamodules.transforms import (
@@ -421,9 +422,12 @@ class SliceDataModule(L.LightningDataModule):
             self.test_set = VolumeDataset(self.split_path("test"))
 
     def _loader(self, dataset: Dataset | None, name: str, **kwargs: Any) -> DataLoader:
+        """Slice splits get a :class:`~datamodules.loader.SliceLoader` (uint8 labels between
+        processes, int64 in its batches), volume splits a plain ``DataLoader``."""
         if dataset is None:
             raise RuntimeError(f"No {name} dataset: call setup() with the matching stage first.")
-        return DataLoader(
+        loader_class = SliceLoader if isinstance(dataset, SliceDataset) else DataLoader
+        return loader_class(
             dataset,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -4,7 +4,8 @@
    to a temporary folder) into HDF5, against only loading the same NIfTI files with nibabel
    (target: at most 1.5x the image+label load time).
 2. Training loader throughput (slices/s) at 224 x 224 from 512 x 512 stored slices, one worker
-   process, against the augmentation alone on in-memory slices, for both data protocols:
+   process, against the augmentation alone on in-memory slices and a plain ``DataLoader`` of
+   the same dataset (int64 labels between the processes), for both data protocols:
    ``default`` (target: at least 1000 slices/s) and ``transunet`` (scipy's cubic zoom of every
    full-size slice; target: at least 100 slices/s).
 """
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from datamodules import SynapseDataModule
 from datamodules.hdf5 import SliceDataset
+from datamodules.loader import SliceLoader
 from datamodules.transforms import build_train_transform
 
 
@@ -117,7 +119,24 @@ def bench_loader(path: Path, protocol: str, target: int, max_slices: int, tu_sli
     for i in range(n):
         transform(image=slices[i % len(slices)][:, :, None], mask=masks[i % len(masks)])
     t_aug = time.perf_counter() - t
-    loader = DataLoader(ds, batch_size=24, shuffle=True, num_workers=1, persistent_workers=True)
+    t_plain, n_plain = loader_rate(DataLoader, ds, n) if protocol == "default" else (0.0, 0)
+    t_loader, seen = loader_rate(SliceLoader, ds, n)
+    alone = "albumentations" if protocol == "default" else "scipy RandomGenerator"
+    print(f"== Training loader, 512x512 stored slices -> 224x224, protocol {protocol!r}")
+    print(f"  {alone + ' alone (in memory, main process)':46s} {n / t_aug:8.0f} slices/s")
+    if n_plain:
+        print(
+            f"  {'plain DataLoader (int64 labels, 1 worker)':46s} {n_plain / t_plain:8.0f} slices/s"
+        )
+    print(
+        f"  {'SliceLoader (ours, 1 worker, batch 24)':46s} {seen / t_loader:8.0f} slices/s "
+        f"(target >= {target})"
+    )
+
+
+def loader_rate(loader_class: type, ds: SliceDataset, n: int) -> tuple[float, int]:
+    """(seconds, slices) for at least ``n`` slices from a one-worker loader, batch 24."""
+    loader = loader_class(ds, batch_size=24, shuffle=True, num_workers=1, persistent_workers=True)
     it = iter(loader)
     next(it)  # start the worker
     seen, t = 0, time.perf_counter()
@@ -128,14 +147,7 @@ def bench_loader(path: Path, protocol: str, target: int, max_slices: int, tu_sli
             it = iter(loader)
             continue
         seen += batch["image"].shape[0]
-    t_loader = time.perf_counter() - t
-    alone = "albumentations" if protocol == "default" else "scipy RandomGenerator"
-    print(f"== Training loader, 512x512 stored slices -> 224x224, protocol {protocol!r}")
-    print(f"  {alone + ' alone (in memory, main process)':46s} {n / t_aug:8.0f} slices/s")
-    print(
-        f"  {'DataLoader (ours, 1 worker, batch 24)':46s} {seen / t_loader:8.0f} slices/s "
-        f"(target >= {target})"
-    )
+    return time.perf_counter() - t, seen
 
 
 if __name__ == "__main__":
