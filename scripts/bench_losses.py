@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument(
         "--shape", type=int, nargs=4, default=(8, 9, 224, 224), metavar=("B", "C", "H", "W")
     )
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--repeats", type=int, default=41, help="round-robin repeats (default 41: fewer are noisy)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory column")
     parser.add_argument(
