@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -106,7 +107,9 @@ def main() -> None:
             bench_loader(out, protocol, target, args.loader_slices, args.transunet_slices)
 
 
-def bench_loader(path: Path, protocol: str, target: int, max_slices: int, tu_slices: int) -> None:
+def bench_loader(
+    path: Path, protocol: str, target: int, max_slices: int, tu_slices: int, rounds: int = 3
+) -> None:
     """Slices/s of the transform alone (in memory) and of a one-worker DataLoader."""
     ds = SliceDataset(path, build_train_transform(224, protocol))
     n = min(max_slices if protocol == "default" else tu_slices, 16 * len(ds))
@@ -119,26 +122,44 @@ def bench_loader(path: Path, protocol: str, target: int, max_slices: int, tu_sli
     for i in range(n):
         transform(image=slices[i % len(slices)][:, :, None], mask=masks[i % len(masks)])
     t_aug = time.perf_counter() - t
-    t_plain, n_plain = loader_rate(DataLoader, ds, n) if protocol == "default" else (0.0, 0)
-    t_loader, seen = loader_rate(SliceLoader, ds, n)
+    # one-worker loaders, timed in alternating rounds so that the machine's drift hits both
+    classes = {"SliceLoader": SliceLoader}
+    if protocol == "default":
+        classes["DataLoader"] = DataLoader
+    loaders = {
+        name: cls(ds, batch_size=24, shuffle=True, num_workers=1, persistent_workers=True)
+        for name, cls in classes.items()
+    }
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(rounds):
+        for name, loader in loaders.items():
+            rates[name].append(loader_rate(loader, -(-n // rounds)))
+    rate = {name: statistics.median(values) for name, values in rates.items()}
     alone = "albumentations" if protocol == "default" else "scipy RandomGenerator"
-    print(f"== Training loader, 512x512 stored slices -> 224x224, protocol {protocol!r}")
-    print(f"  {alone + ' alone (in memory, main process)':46s} {n / t_aug:8.0f} slices/s")
-    if n_plain:
-        print(
-            f"  {'plain DataLoader (int64 labels, 1 worker)':46s} {n_plain / t_plain:8.0f} slices/s"
-        )
     print(
-        f"  {'SliceLoader (ours, 1 worker, batch 24)':46s} {seen / t_loader:8.0f} slices/s "
-        f"(target >= {target})"
+        f"== Training loader, 512x512 stored slices -> 224x224, protocol {protocol!r} "
+        f"(median of {rounds} alternating rounds)"
+    )
+    print(f"  {alone + ' alone (in memory, main process)':46s} {n / t_aug:8.0f} slices/s")
+    if "DataLoader" in rate:
+        print(
+            f"  {'plain DataLoader (int64 labels, 1 worker)':46s} {rate['DataLoader']:8.0f} "
+            "slices/s   (reference)"
+        )
+    ratio = (
+        f", {rate['SliceLoader'] / rate['DataLoader']:.2f}x plain" if "DataLoader" in rate else ""
+    )
+    print(
+        f"  {'SliceLoader (ours, 1 worker, batch 24)':46s} {rate['SliceLoader']:8.0f} slices/s "
+        f"(target >= {target}{ratio})"
     )
 
 
-def loader_rate(loader_class: type, ds: SliceDataset, n: int) -> tuple[float, int]:
-    """(seconds, slices) for at least ``n`` slices from a one-worker loader, batch 24."""
-    loader = loader_class(ds, batch_size=24, shuffle=True, num_workers=1, persistent_workers=True)
+def loader_rate(loader: DataLoader, n: int) -> float:
+    """Slices/s over at least ``n`` slices from a started loader (batch 24); the first batch
+    of each round (worker start, or the wait for the prefetch) is not timed."""
     it = iter(loader)
-    next(it)  # start the worker
+    next(it)
     seen, t = 0, time.perf_counter()
     while seen < n:
         try:
@@ -147,7 +168,7 @@ def loader_rate(loader_class: type, ds: SliceDataset, n: int) -> tuple[float, in
             it = iter(loader)
             continue
         seen += batch["image"].shape[0]
-    return time.perf_counter() - t, seen
+    return seen / (time.perf_counter() - t)
 
 
 if __name__ == "__main__":
