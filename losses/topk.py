@@ -44,6 +44,45 @@ def num_selected(k: float, num_pixels: int) -> int:
     return max(1, int(num_pixels * k / 100))
 
 
+#: integer type of the same width as each float type (for :func:`order_key`)
+_SAME_WIDTH_INT = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def order_key(scores: Tensor) -> Tensor:
+    """Integers that sort exactly as the float ``scores`` do (same shape, same width).
+
+    IEEE-754 floats of one sign order as their bit patterns read as integers: increasingly for
+    positive numbers, decreasingly for negative ones. Flipping every bit but the sign of the
+    negative numbers (``bits ^ ((bits >> (w - 1)) & (2^(w-1) - 1))``, ``w`` the width) makes the
+    signed integers increase with the floats over all of them: ``-inf < ... < -0.0 < +0.0 <
+    ... < +inf``, equal floats giving equal integers; every NaN, whatever its sign bit, gets the
+    largest integer, as ``torch.topk`` ranks NaN above everything (so a NaN pixel is always
+    selected and the loss is NaN, which the training guard catches). Ranking the integers
+    selects the same pixels as ranking the floats, and ``torch.topk`` ranks integers faster on
+    the CPU (no NaN test in each comparison: about 2.6 ms instead of 3.7 ms, key included, for
+    K = 10% of 8 x 50,176 pixels on one thread here). Other dtypes are returned as they are.
+    """
+    int_type = _SAME_WIDTH_INT.get(scores.dtype)
+    if int_type is None:
+        return scores
+    info = torch.iinfo(int_type)
+    bits = scores.view(int_type)
+    key = bits ^ ((bits >> (info.bits - 1)) & info.max)
+    return key.masked_fill_(scores.isnan(), info.max)
+
+
+def top_k_indices(scores: Tensor, keep: int, sorted: bool = False) -> Tensor:
+    """Indices ``(..., keep)`` of the ``keep`` highest ``scores`` along the last axis (ties
+    broken arbitrarily); ``sorted``: in decreasing order of the scores. The same selection as
+    ``scores.topk(keep, dim=-1, sorted=sorted).indices``, ranked on :func:`order_key`."""
+    return order_key(scores).topk(keep, dim=-1, sorted=sorted).indices
+
+
 def pixel_difficulty(logits: Tensor, target: Tensor, difficulty: str) -> Tensor:
     """Difficulty ``(B, N)`` of each pixel from logits ``(B, C, N)`` and target ``(B, N)``.
 
@@ -78,8 +117,7 @@ def top_k_mask(scores: Tensor, k: float, valid: Tensor | None) -> Tensor | None:
         keep = num_selected(k, num_pixels)
         if keep >= num_pixels:
             return None
-        indices = scores.topk(keep, dim=-1, sorted=False).indices
-        return _mask_from_indices(indices, scores)
+        return _mask_from_indices(top_k_indices(scores, keep), scores)
     counts = valid.sum(-1)
     keeps = torch.tensor(
         [num_selected(k, count) for count in counts.reshape(-1).tolist()], device=counts.device
@@ -88,7 +126,7 @@ def top_k_mask(scores: Tensor, k: float, valid: Tensor | None) -> Tensor | None:
         return None
     scores = scores.masked_fill(~valid, float("-inf"))
     keep_max = int(keeps.max())
-    indices = scores.topk(keep_max, dim=-1, sorted=True).indices
+    indices = top_k_indices(scores, keep_max, sorted=True)
     ranks = torch.arange(keep_max, device=scores.device)
     take = (ranks < keeps.unsqueeze(-1)).to(scores.dtype)
     mask = torch.zeros_like(scores).scatter_(-1, indices, take)
@@ -199,7 +237,7 @@ class TopKDiceLoss(_DiceBase):
         is gathered together with the CE's target entries (one backward scatter)."""
         keep = self._gathered_keep(inputs)
         if keep is not None and inputs.share_log_probs:
-            indices = self._hardness(inputs).topk(keep, dim=1, sorted=False).indices
+            indices = top_k_indices(self._hardness(inputs), keep)
             inputs.plan_pixels(self._plan_key(), indices)
 
     def _image_pool_gathered(self, inputs: PreparedInputs, keep: int) -> Tensor:
@@ -213,7 +251,7 @@ class TopKDiceLoss(_DiceBase):
         indices = inputs.planned_pixels(key)
         if indices is None:
             hardness = self._hardness(inputs)  # detached; computed outside no_grad so that
-            indices = hardness.topk(keep, dim=1, sorted=False).indices  # the shared CE caches
+            indices = top_k_indices(hardness, keep)  # the shared CE caches
         selected_target = inputs.target.gather(1, indices)
         if inputs.share_log_probs:
             selected_probs = inputs.selected_log_probs(key, indices).exp()
@@ -321,7 +359,7 @@ class TopKCrossEntropyLoss(SegmentationLoss):
             keep = num_selected(self.k, ce.shape[-1])
             if keep >= ce.shape[-1]:
                 return ce.mean()
-            return ce.topk(keep, dim=-1, sorted=False).values.mean()
+            return ce.gather(-1, top_k_indices(ce.detach(), keep)).mean()
         with torch.no_grad():
             mask = top_k_mask(ce.detach(), self.k, valid)
         weight = valid.to(ce.dtype) if mask is None else mask
@@ -361,6 +399,8 @@ __all__ = [
     "gather_pixels",
     "TopKDiceLoss",
     "num_selected",
+    "order_key",
     "pixel_difficulty",
+    "top_k_indices",
     "top_k_mask",
 ]
