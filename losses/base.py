@@ -170,33 +170,36 @@ class _GatherLogProbs(torch.autograd.Function):
         ctx, log_probs: Tensor, target: Tensor, ranking_ce: Tensor | None, *indices: Tensor
     ):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(target, *indices)
+        batch, classes, num_pixels = log_probs.shape
+        # the (B*C, K) row indices of each selection, made once for the gather and the scatter
+        row_indices = [index.repeat_interleave(classes, dim=0) for index in indices]
+        ctx.save_for_backward(target, *row_indices)
         ctx.shape = log_probs.shape
         if ranking_ce is None:
             outputs = [log_probs.gather(1, target.unsqueeze(1)).squeeze(1)]
         else:
             outputs = [-ranking_ce]
-        outputs += [gather_pixels(log_probs, index) for index in indices]
+        rows = log_probs.reshape(batch * classes, num_pixels)
+        for index, row_index in zip(indices, row_indices, strict=True):
+            outputs.append(rows.gather(1, row_index).reshape(batch, classes, index.shape[1]))
         return tuple(outputs)
 
     @staticmethod
     def backward(ctx, *grads: Tensor | None):  # noqa: ANN205
-        target, *indices = ctx.saved_tensors
+        target, *row_indices = ctx.saved_tensors
         batch, classes, num_pixels = ctx.shape
         grad_target, grad_selected = grads[0], grads[1:]
         reference = next((g for g in grads if g is not None), None)
         if reference is None:
-            return (None, None, None, *(None for _ in indices))
+            return (None, None, None, *(None for _ in row_indices))
         buffer = reference.new_zeros(ctx.shape)
         if grad_target is not None:
             buffer.scatter_add_(1, target.unsqueeze(1), grad_target.unsqueeze(1))
         rows = buffer.view(batch * classes, num_pixels)
-        for index, grad in zip(indices, grad_selected, strict=True):
+        for row_index, grad in zip(row_indices, grad_selected, strict=True):
             if grad is not None:
-                rows.scatter_add_(
-                    1, index.repeat_interleave(classes, dim=0), grad.reshape(batch * classes, -1)
-                )
-        return (buffer, None, None, *(None for _ in indices))
+                rows.scatter_add_(1, row_index, grad.reshape(batch * classes, -1))
+        return (buffer, None, None, *(None for _ in row_indices))
 
 
 def prepare_inputs(

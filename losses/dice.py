@@ -186,6 +186,86 @@ def dice_loss_from_scores(
     return 1.0 - scores.mean()
 
 
+class _LogProbDiceLoss(torch.autograd.Function):
+    """``1 - mean`` soft Dice score of log-probabilities, with its gradient in closed form.
+
+    Forward: ``p = exp(x)``, the sums of :func:`soft_dice_score` (no pixel weights) and
+    :func:`dice_loss_from_scores`. With ``N = 2 I + s`` and ``D = T + P + s`` per image (or
+    pooled) and class, and ``w = dL/dscore`` (``-g / n`` for each of the ``n`` scores in the
+    mean, 0 for an excluded background), the gradient with respect to ``x = log p`` is::
+
+        dL/dx_ci = p_ci dL/dp_ci = -w_c N_c / D_c^2 * k p_ci^e + [y_i = c] 2 w_c / D_c * p_ci
+
+    with ``(k, e) = (2, 2)`` for squared denominators and ``(1, 1)`` otherwise: one full-size
+    product and one scatter at the target entries (autograd's chain through ``exp``, the
+    squares, the gather and the scatter takes about eight passes). Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(  # noqa: ANN205
+        ctx,
+        log_probs: Tensor,
+        target: Tensor,
+        smooth: float,
+        squared: bool,
+        batch: bool,
+        include_background: bool,
+    ):
+        num_images, num_classes, _ = log_probs.shape
+        probs = log_probs.exp()
+        power = probs * probs if squared else probs
+        p_target = probs.gather(1, target.unsqueeze(1)).squeeze(1)
+        intersection = probs.new_zeros(num_images, num_classes).scatter_add_(1, target, p_target)
+        target_sum = class_counts(target, num_classes, None, probs.dtype)
+        prob_sum = power.sum(-1)
+        if batch:
+            intersection = intersection.sum(0, keepdim=True)
+            target_sum = target_sum.sum(0, keepdim=True)
+            prob_sum = prob_sum.sum(0, keepdim=True)
+        numerator = 2.0 * intersection + smooth
+        denominator = target_sum + prob_sum + smooth
+        scores = numerator / denominator
+        used = scores if include_background else scores[:, 1:]
+        ctx.save_for_backward(power, target, p_target, numerator, denominator)
+        ctx.squared, ctx.include_background, ctx.count = squared, include_background, used.numel()
+        return 1.0 - used.mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN205
+        power, target, p_target, numerator, denominator = ctx.saved_tensors
+        d_score = torch.full_like(numerator, 1.0 / ctx.count) * -grad
+        if not ctx.include_background:
+            d_score[:, 0] = 0.0
+        power_coef = -d_score * numerator / denominator.square() * (2.0 if ctx.squared else 1.0)
+        target_coef = (2.0 * d_score / denominator).expand(power.shape[0], -1)
+        grad_log_probs = power * power_coef.unsqueeze(-1)
+        at_target = target_coef.gather(1, target) * p_target
+        grad_log_probs.scatter_add_(1, target.unsqueeze(1), at_target.unsqueeze(1))
+        return grad_log_probs, None, None, None, None, None
+
+
+def log_prob_dice_loss(
+    log_probs: Tensor,
+    target: Tensor,
+    *,
+    smooth: float = 1e-5,
+    squared: bool = True,
+    batch: bool = False,
+    include_background: bool = True,
+) -> Tensor:
+    """Soft Dice loss ``1 - mean_{b, c} dice_bc`` (:func:`soft_dice_score` without weights, then
+    :func:`dice_loss_from_scores`) of log-probabilities ``(B, C, M)`` and targets ``(B, M)``.
+
+    Equal to ``dice_loss_from_scores(soft_dice_score(log_probs.exp(), target, ...))``; with a
+    gradient it runs as one autograd node whose backward is one full-size product and one
+    scatter (:class:`_LogProbDiceLoss`); the topK Dice applies it to the selected pixels.
+    """
+    if log_probs.requires_grad and torch.is_grad_enabled():
+        return _LogProbDiceLoss.apply(log_probs, target, smooth, squared, batch, include_background)
+    scores = soft_dice_score(log_probs.exp(), target, smooth=smooth, squared=squared, batch=batch)
+    return dice_loss_from_scores(scores, include_background)
+
+
 class _DiceBase(SegmentationLoss):
     """Shared arguments of the Dice family (MONAI's names)."""
 

@@ -27,7 +27,7 @@ from losses.base import (
     check_percent,
     gather_pixels,
 )
-from losses.dice import _DiceBase
+from losses.dice import _DiceBase, log_prob_dice_loss
 
 DIFFICULTIES = ("ce", "abs_error")
 DICE_POOLS = ("image", "batch", "class")
@@ -76,11 +76,29 @@ def order_key(scores: Tensor) -> Tensor:
     return key.masked_fill_(scores.isnan(), info.max)
 
 
-def top_k_indices(scores: Tensor, keep: int, sorted: bool = False) -> Tensor:
+def magnitude_key(scores: Tensor) -> Tensor:
+    """Integers that sort as ``|scores|`` (one pass: the float bits without the sign bit).
+
+    For scores that are never below zero (a cross-entropy, an absolute error) this orders them
+    as :func:`order_key` does, in one operation instead of five: ``-0.0`` (the CE of a pixel
+    with ``log p_y = +0.0``) ranks with ``+0.0``, and a NaN of either sign above ``+inf``.
+    """
+    int_type = _SAME_WIDTH_INT.get(scores.dtype)
+    if int_type is None:
+        return scores.abs()
+    return scores.view(int_type) & torch.iinfo(int_type).max
+
+
+def top_k_indices(
+    scores: Tensor, keep: int, sorted: bool = False, non_negative: bool = False
+) -> Tensor:
     """Indices ``(..., keep)`` of the ``keep`` highest ``scores`` along the last axis (ties
     broken arbitrarily); ``sorted``: in decreasing order of the scores. The same selection as
-    ``scores.topk(keep, dim=-1, sorted=sorted).indices``, ranked on :func:`order_key`."""
-    return order_key(scores).topk(keep, dim=-1, sorted=sorted).indices
+    ``scores.topk(keep, dim=-1, sorted=sorted).indices``, ranked on :func:`order_key`, or on
+    the cheaper :func:`magnitude_key` when the caller knows that no score is below zero
+    (``non_negative``)."""
+    key = magnitude_key(scores) if non_negative else order_key(scores)
+    return key.topk(keep, dim=-1, sorted=sorted).indices
 
 
 def pixel_difficulty(logits: Tensor, target: Tensor, difficulty: str) -> Tensor:
@@ -237,7 +255,7 @@ class TopKDiceLoss(_DiceBase):
         is gathered together with the CE's target entries (one backward scatter)."""
         keep = self._gathered_keep(inputs)
         if keep is not None and inputs.share_log_probs:
-            indices = top_k_indices(self._hardness(inputs), keep)
+            indices = top_k_indices(self._hardness(inputs), keep, non_negative=True)
             inputs.plan_pixels(self._plan_key(), indices)
 
     def _image_pool_gathered(self, inputs: PreparedInputs, keep: int) -> Tensor:
@@ -251,16 +269,19 @@ class TopKDiceLoss(_DiceBase):
         indices = inputs.planned_pixels(key)
         if indices is None:
             hardness = self._hardness(inputs)  # detached; computed outside no_grad so that
-            indices = top_k_indices(hardness, keep)  # the shared CE caches
+            indices = top_k_indices(hardness, keep, non_negative=True)  # the shared CE caches
         selected_target = inputs.target.gather(1, indices)
         if inputs.share_log_probs:
-            selected_probs = inputs.selected_log_probs(key, indices).exp()
-            selected_target_probs = selected_probs.gather(1, selected_target.unsqueeze(1))
-            selected_target_probs = selected_target_probs.squeeze(1)
-        else:
-            selected_probs = gather_pixels(inputs.logits, indices).softmax(1)
-            selected_target_probs = None
-        return self.dice_loss(selected_probs, selected_target, None, None, selected_target_probs)
+            return log_prob_dice_loss(
+                inputs.selected_log_probs(key, indices),
+                selected_target,
+                smooth=self.smooth,
+                squared=self.squared,
+                batch=self.batch,
+                include_background=self.include_background,
+            )
+        selected_probs = gather_pixels(inputs.logits, indices).softmax(1)
+        return self.dice_loss(selected_probs, selected_target, None)
 
     def _hardness(self, inputs: PreparedInputs) -> Tensor:
         """No-grad difficulty ``(B, N)`` of each pixel (see the module docstring)."""
@@ -359,7 +380,7 @@ class TopKCrossEntropyLoss(SegmentationLoss):
             keep = num_selected(self.k, ce.shape[-1])
             if keep >= ce.shape[-1]:
                 return ce.mean()
-            return ce.gather(-1, top_k_indices(ce.detach(), keep)).mean()
+            return ce.gather(-1, top_k_indices(ce.detach(), keep, non_negative=True)).mean()
         with torch.no_grad():
             mask = top_k_mask(ce.detach(), self.k, valid)
         weight = valid.to(ce.dtype) if mask is None else mask
@@ -399,6 +420,7 @@ __all__ = [
     "gather_pixels",
     "TopKDiceLoss",
     "num_selected",
+    "magnitude_key",
     "order_key",
     "pixel_difficulty",
     "top_k_indices",
