@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losses import TopKDiceLoss
-from losses.topk import order_key, top_k_indices
+from losses import TopKCrossEntropyLoss, TopKDiceLoss
+from losses.topk import magnitude_key, order_key, top_k_indices
 
 SPECIALS = [0.0, -0.0, float("inf"), -float("inf"), 1e-45, -1e-45, 1.0, -1.0, 2.0, -2.0, 3e38]
 
@@ -64,3 +64,36 @@ def test_nan_logits_still_give_a_nan_topk_dice() -> None:
     target = torch.zeros(1, 10, 10, dtype=torch.long)
     loss = TopKDiceLoss(k=5, validate_args=False)(logits, target)
     assert torch.isnan(loss)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_magnitude_key_orders_non_negative_scores(dtype) -> None:
+    gen = torch.Generator().manual_seed(2)
+    scores = torch.cat(
+        [
+            torch.tensor([0.0, -0.0, float("inf"), 1e-45, 3e38], dtype=torch.float64),
+            torch.rand(3000, generator=gen, dtype=torch.float64)
+            * 10.0 ** torch.randint(-30, 30, (3000,), generator=gen),
+        ]
+    ).to(dtype)
+    key = magnitude_key(scores)
+    assert torch.equal(scores[key.argsort(stable=True)], scores.sort(stable=True).values)
+    nan = torch.tensor([float("nan")], dtype=dtype)
+    with_nan = torch.cat([scores, nan, -nan])
+    n = len(scores)
+    assert set(top_k_indices(with_nan, 2, non_negative=True).tolist()) == {n, n + 1}
+    # -0.0 (the CE of a pixel with log p_y = +0.0) ranks with +0.0, at the bottom
+    assert magnitude_key(torch.tensor([-0.0], dtype=dtype)).item() == 0
+
+
+def test_topk_ce_selects_the_largest_ce_values() -> None:
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 30, 30, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (2, 30, 30), generator=gen)
+    loss = TopKCrossEntropyLoss(k=7, pool="batch")(logits, target)
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none").reshape(-1)
+    ref = ce.topk(int(ce.numel() * 7 / 100)).values.mean()
+    torch.testing.assert_close(loss, ref, rtol=1e-14, atol=0)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-16)
