@@ -146,13 +146,11 @@ class PreparedInputs:
 def gather_pixels(values: Tensor, indices: Tensor) -> Tensor:
     """``values[b, :, indices[b]]``: ``(B, C, N)`` and ``(B, K)`` -> ``(B, C, K)``.
 
-    One row-wise gather on the ``(B*C, N)`` view (about twice as fast on the CPU as a gather
-    with a broadcast index).
+    One gather with the index broadcast over the classes (no copy of the index; with torch
+    2.14 on the CPU as fast as a row-wise gather on the ``(B*C, N)`` view with a repeated
+    index, which also has to build that index).
     """
-    batch, classes, num_pixels = values.shape
-    rows = values.reshape(batch * classes, num_pixels)
-    picked = rows.gather(1, indices.repeat_interleave(classes, dim=0))
-    return picked.reshape(batch, classes, indices.shape[1])
+    return values.gather(2, indices.unsqueeze(1).expand(-1, values.shape[1], -1))
 
 
 class _GatherLogProbs(torch.autograd.Function):
@@ -170,36 +168,30 @@ class _GatherLogProbs(torch.autograd.Function):
         ctx, log_probs: Tensor, target: Tensor, ranking_ce: Tensor | None, *indices: Tensor
     ):
         ctx.set_materialize_grads(False)
-        batch, classes, num_pixels = log_probs.shape
-        # the (B*C, K) row indices of each selection, made once for the gather and the scatter
-        row_indices = [index.repeat_interleave(classes, dim=0) for index in indices]
-        ctx.save_for_backward(target, *row_indices)
+        ctx.save_for_backward(target, *indices)
         ctx.shape = log_probs.shape
         if ranking_ce is None:
             outputs = [log_probs.gather(1, target.unsqueeze(1)).squeeze(1)]
         else:
             outputs = [-ranking_ce]
-        rows = log_probs.reshape(batch * classes, num_pixels)
-        for index, row_index in zip(indices, row_indices, strict=True):
-            outputs.append(rows.gather(1, row_index).reshape(batch, classes, index.shape[1]))
+        outputs += [gather_pixels(log_probs, index) for index in indices]
         return tuple(outputs)
 
     @staticmethod
     def backward(ctx, *grads: Tensor | None):  # noqa: ANN205
-        target, *row_indices = ctx.saved_tensors
+        target, *indices = ctx.saved_tensors
         batch, classes, num_pixels = ctx.shape
         grad_target, grad_selected = grads[0], grads[1:]
         reference = next((g for g in grads if g is not None), None)
         if reference is None:
-            return (None, None, None, *(None for _ in row_indices))
+            return (None, None, None, *(None for _ in indices))
         buffer = reference.new_zeros(ctx.shape)
         if grad_target is not None:
             buffer.scatter_add_(1, target.unsqueeze(1), grad_target.unsqueeze(1))
-        rows = buffer.view(batch * classes, num_pixels)
-        for row_index, grad in zip(row_indices, grad_selected, strict=True):
+        for index, grad in zip(indices, grad_selected, strict=True):
             if grad is not None:
-                rows.scatter_add_(1, row_index, grad.reshape(batch * classes, -1))
-        return (buffer, None, None, *(None for _ in row_indices))
+                buffer.scatter_add_(2, index.unsqueeze(1).expand_as(grad), grad)
+        return (buffer, None, None, *(None for _ in indices))
 
 
 def prepare_inputs(
