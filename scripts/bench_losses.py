@@ -1,8 +1,9 @@
 """Benchmark every loss preset against plain CE and MONAI's DiceLoss / DiceCELoss on the CPU.
 
 Prints, for logits of shape (8, 9, 224, 224), each loss's median forward+backward time over
-repeated round-robin runs, its ratios to plain ``ce`` and to the two MONAI references measured
-in the same run, and its peak memory during one forward+backward: the largest total size of
+repeated round-robin rounds, its ratios to plain ``ce`` and to the two MONAI references measured
+in the same run (each ratio is the median over the rounds of the ratio within a round: a
+paired comparison, so that the machine's drift between rounds cancels), and its peak memory during one forward+backward: the largest total size of
 the tensors alive at any moment, from torch's profiler memory timeline
 (``profile(profile_memory=True)``, ``export_memory_timeline(device="cpu")``), minus what was
 alive when the call started (so the logits themselves are not counted).
@@ -39,17 +40,23 @@ def time_once(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> float
     return clock() - start
 
 
-def median_times(
+def round_robin_times(
     fns: dict[str, Callable], logits: torch.Tensor, target: torch.Tensor, repeats: int
-) -> dict[str, float]:
-    """Median seconds of each loss, timed round-robin so machine noise hits all alike."""
+) -> dict[str, list[float]]:
+    """Seconds of each loss in each of ``repeats`` rounds; a round times every loss once, so
+    machine noise hits all alike."""
     for fn in fns.values():  # warm-up
         time_once(fn, logits, target)
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             samples[name].append(time_once(fn, logits, target))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def paired_ratio(samples: dict[str, list[float]], name: str, reference: str) -> float:
+    """Median over the rounds of ``time(name) / time(reference)`` within each round."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[reference], strict=True))
 
 
 def peak_memory(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> float:
@@ -137,21 +144,18 @@ def main() -> None:
     }
     if args.bf16:
         fns = {name: _under_autocast(fn) for name, fn in fns.items()}
-    medians = median_times(fns, logits, target, args.repeats)
+    samples = round_robin_times(fns, logits, target, args.repeats)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
     memory = (
         {name: float("nan") for name in fns}
         if args.no_memory
         else {name: peak_memory(fn, logits, target) for name, fn in fns.items()}
     )
-    ref_dice, ref_dice_ce, ref_ce = (
-        medians["MONAI DiceLoss"],
-        medians["MONAI DiceCELoss"],
-        medians["ce"],
-    )
     print(
         f"logits {tuple(logits.shape)} {str(logits.dtype).removeprefix('torch.')}"
         f"{' under bf16 autocast' if args.bf16 else ''}, CPU, {torch.get_num_threads()} threads, "
-        f"median {args.clock} time of {args.repeats} forward+backward runs (round-robin), "
+        f"median {args.clock} time of {args.repeats} forward+backward runs (round-robin; "
+        f"ratios: median of the ratios within each round), "
         f"torch {torch.__version__}; peak MB: torch profiler memory timeline of one "
         f"forward+backward (tensors allocated during the call)\n"
     )
@@ -161,10 +165,12 @@ def main() -> None:
     )
     print(f"|{'-' * 28}|{'-' * 9}|{'-' * 7}|{'-' * 14}|{'-' * 16}|{'-' * 9}|")
     for name, seconds in medians.items():
+        x_ce, x_dice, x_dice_ce = (
+            paired_ratio(samples, name, ref) for ref in ("ce", "MONAI DiceLoss", "MONAI DiceCELoss")
+        )
         print(
-            f"| {name:<26} | {seconds * 1e3:7.1f} | {seconds / ref_ce:5.2f} | "
-            f"{seconds / ref_dice:12.2f} | {seconds / ref_dice_ce:14.2f} | "
-            f"{memory[name] / 2**20:7.1f} |"
+            f"| {name:<26} | {seconds * 1e3:7.1f} | {x_ce:5.2f} | {x_dice:12.2f} | "
+            f"{x_dice_ce:14.2f} | {memory[name] / 2**20:7.1f} |"
         )
 
 
