@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import CONFIGS, REPO
 
@@ -182,3 +183,60 @@ def test_srun_ddp_fit_two_tasks(slurm: None, env: dict, tmp_path: Path) -> None:
     assert "MEMBER: 1/2" in text and "MEMBER: 2/2" in text, text[-4000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file()
+
+
+def test_usr1_auto_requeue_resumes_from_the_newest_checkpoint(
+    slurm: None, env: dict, tmp_path: Path
+) -> None:
+    """The signal that `sbatch --signal=B:USR1@<s>` sends before a time limit (sent here at once,
+    to the batch step, with `scancel --signal=USR1 --batch`): the job forwards it to the fit,
+    Lightning's SLURMEnvironment saves hpc_ckpt_1.ckpt into the run directory and requeues the
+    job itself; the requeue's SIGTERM, which reaches the fit a moment later, saves last.ckpt
+    again (CheckpointOnTerminate), and the restarted job continues the same run from the newer
+    of the two."""
+    args = _tiny(tmp_path / "data", epochs=3, num_train=4)
+    out = tmp_path / "out"
+    sub = _compare(out, args, "--launcher", "slurm", "--sbatch=--cpus-per-task=1", "--no-wait")
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    job = next((out / "runs" / "slurm").glob("*.jobid")).read_text().strip()
+    deadline = time.monotonic() + 300
+    while not list((out / "runs").glob("compare-*/checkpoints/last.ckpt")):
+        assert time.monotonic() < deadline, "no last.ckpt after 300 s"
+        time.sleep(0.5)
+    run_dir = next((out / "runs").glob("compare-*/checkpoints/last.ckpt")).parents[1]
+    assert not (run_dir / "compare-fit.done").exists(), "the fit ended before the signal"
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "hpc_ckpt_1.ckpt").is_file():
+        assert time.monotonic() < deadline, "no hpc_ckpt_1.ckpt 120 s after SIGUSR1"
+        time.sleep(0.5)
+    again = _compare(out, args, "--launcher", "slurm", "--poll", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 done" in again.stdout
+    log = next((out / "runs" / "slurm").glob(f"*-{job}.out")).read_text()
+    assert "received signal 10" in log, log  # SIGUSR1 reached the job and was forwarded
+    fit_log = (run_dir / "compare.log").read_text()
+    # Lightning handled it: the hpc checkpoint, then its own `scontrol requeue`
+    assert "Handling auto-requeue signal: 10" in fit_log, fit_log[-3000:]
+    assert f"Requeued SLURM job: {job}" in fit_log, fit_log[-3000:]
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
+    assert hpc["global_step"] > 0
+    # the restart continues from the newest checkpoint: last.ckpt if the SIGTERM save came
+    # after the hpc checkpoint (it does when the fit is still running then), else hpc_ckpt_1
+    assert "restart 1" in log, log
+    if "SIGTERM: saved" in fit_log:
+        saved_step = int(fit_log.split("SIGTERM: saved")[1].split("at global step ")[1].split()[0])
+        assert saved_step >= hpc["global_step"]
+        assert "fit (continued from last.ckpt)" in log, log
+    else:
+        assert "fit (continued from hpc_ckpt_1.ckpt)" in log, log
+    assert [p.name for p in (out / "runs").iterdir() if p.is_dir() and p.name != "slurm"] == [
+        run_dir.name
+    ]
+    epochs = []
+    for version in sorted((run_dir / "csv").glob("version_*")):
+        rows = _rows(version / "metrics.csv")
+        if any("train/loss" in r and r["train/loss"] for r in rows):  # a fit attempt
+            epochs.append(sorted({int(r["epoch"]) for r in rows if r.get("train/loss")}))
+    assert len(epochs) == 2 and epochs[0][0] == 0 and epochs[1][-1] == 2, epochs
+    assert (run_dir / "per_case.csv").is_file()
