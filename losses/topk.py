@@ -382,7 +382,9 @@ class TopKCrossEntropyLoss(SegmentationLoss):
             keep = num_selected(self.k, ce.shape[-1])
             if keep >= ce.shape[-1]:
                 return ce.mean()
-            return ce.gather(-1, top_k_indices(ce.detach(), keep, non_negative=True)).mean()
+            # float topk on the values with their gradient: no integer key to hold beside a
+            # whole-batch pool (its memory would add to the peak)
+            return ce.topk(keep, dim=-1, sorted=False).values.mean()
         with torch.no_grad():
             mask = top_k_mask(ce.detach(), self.k, valid)
         weight = valid.to(ce.dtype) if mask is None else mask
