@@ -46,6 +46,7 @@ class PreparedInputs:
     share_log_probs: bool = False
     _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
     _planned: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _square_sum_planned: bool = field(default=False, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -68,20 +69,27 @@ class PreparedInputs:
     def target_log_probs(self) -> Tensor:
         """``log p_{i, y_i}``, ``(B, N)``, with gradient (minus the per-pixel CE).
 
-        When pixel selections were planned (:meth:`plan_pixels`), one gather takes the target
-        entries and every selection's entries from the log-softmax, so the backward pass
-        scatters all their gradients into one buffer (no second full-size gradient to add).
+        When pixel selections (:meth:`plan_pixels`) or the Dice's square sum
+        (:meth:`plan_square_sum`) were planned, one autograd node takes the target entries,
+        every selection's entries and the square sum from the log-softmax, so the backward pass
+        writes all their gradients into one buffer (no second full-size gradient to add).
         """
-        if "target_log_probs" not in self._cache and self._planned and torch.is_grad_enabled():
+        planned = self._planned or self._square_sum_planned
+        if "target_log_probs" not in self._cache and planned and torch.is_grad_enabled():
             keys = list(self._planned)
+            squares = self._square_sum_planned
             outputs = _GatherLogProbs.apply(
                 self.log_probs(),
                 self.target,
                 self._cache.get("ranking_ce"),  # the target entries' values, if gathered
+                squares,
+                None if self.valid is None else self.valid.to(self.logits.dtype).unsqueeze(1),
                 *(self._planned[key] for key in keys),
             )
             self._cache["target_log_probs"] = outputs[0]
-            for key, selected in zip(keys, outputs[1:], strict=True):
+            if squares:
+                self._cache["square_sum"] = outputs[1]
+            for key, selected in zip(keys, outputs[1 + squares :], strict=True):
                 self._cache["selected:" + key] = selected
         return self._get(
             "target_log_probs",
@@ -94,6 +102,22 @@ class PreparedInputs:
         Ignored once the target entries were gathered."""
         if "target_log_probs" not in self._cache:
             self._planned[key] = indices
+
+    def plan_square_sum(self) -> None:
+        """Announce that :meth:`planned_square_sum` will be asked for, so that the soft Dice's
+        ``sum_n w p^2`` is computed in the node of :meth:`target_log_probs` (its backward then
+        starts the shared gradient buffer instead of a separate full-size gradient). Ignored
+        once the target entries were gathered."""
+        if "target_log_probs" not in self._cache:
+            self._square_sum_planned = True
+
+    def planned_square_sum(self) -> Tensor | None:
+        """``sum_n w_n exp(2 log p_cn)`` ``(B, C)`` with ``w`` the valid pixels (1 without
+        ``ignore_index``), with gradient, if :meth:`plan_square_sum` was called; else None."""
+        if not self._square_sum_planned:
+            return None
+        self.target_log_probs()  # the shared node fills "square_sum" (when grad is enabled)
+        return self._cache.get("square_sum")
 
     def planned_pixels(self, key: str) -> Tensor | None:
         """The indices planned under ``key``, or None."""
@@ -154,44 +178,65 @@ def gather_pixels(values: Tensor, indices: Tensor) -> Tensor:
 
 
 class _GatherLogProbs(torch.autograd.Function):
-    """``(log_probs (B, C, N), target (B, N), ranking_ce, *indices (B, K_j))`` ->
-    ``(log_probs at the targets (B, N), *log_probs at each selection (B, C, K_j))``.
+    """``(log_probs (B, C, N), target (B, N), ranking_ce, squares, weight, *indices (B, K_j))``
+    -> ``(log_probs at the targets (B, N), [square sum (B, C)], *log_probs at each selection
+    (B, C, K_j))``.
 
-    The same values as separate gathers; the backward pass scatters every output's gradient
-    into ONE zero buffer instead of one full-size buffer per gather plus their sum.
-    ``ranking_ce``: ``-log_probs`` at the targets already gathered without gradient (reused
-    instead of a second gather), or None.
+    The same values as separate gathers (and, with ``squares``, the soft Dice's
+    ``sum_n w_n exp(2 log p_cn)``, ``w`` = ``weight`` (B, 1, N) or 1); the backward pass
+    writes every output's gradient into ONE buffer (the square sum's gradient
+    ``2 w exp(2 log p) g``, or zeros, then scatter-adds of the gathers' gradients) instead of
+    one full-size buffer per output plus their sum. ``ranking_ce``: ``-log_probs`` at the
+    targets already gathered without gradient (reused instead of a second gather), or None.
     """
 
     @staticmethod
     def forward(  # noqa: ANN205
-        ctx, log_probs: Tensor, target: Tensor, ranking_ce: Tensor | None, *indices: Tensor
+        ctx,
+        log_probs: Tensor,
+        target: Tensor,
+        ranking_ce: Tensor | None,
+        squares: bool,
+        weight: Tensor | None,
+        *indices: Tensor,
     ):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(target, *indices)
         ctx.shape = log_probs.shape
+        ctx.squares = squares
         if ranking_ce is None:
             outputs = [log_probs.gather(1, target.unsqueeze(1)).squeeze(1)]
         else:
             outputs = [-ranking_ce]
+        saved_squares = None
+        if squares:
+            saved_squares = (2.0 * log_probs).exp_()
+            if weight is not None:
+                saved_squares.mul_(weight)
+            outputs.append(saved_squares.sum(-1))
+        ctx.save_for_backward(target, saved_squares, *indices)
         outputs += [gather_pixels(log_probs, index) for index in indices]
         return tuple(outputs)
 
     @staticmethod
     def backward(ctx, *grads: Tensor | None):  # noqa: ANN205
-        target, *indices = ctx.saved_tensors
-        batch, classes, num_pixels = ctx.shape
-        grad_target, grad_selected = grads[0], grads[1:]
+        target, saved_squares, *indices = ctx.saved_tensors
+        grad_target = grads[0]
+        grad_squares = grads[1] if ctx.squares else None
+        grad_selected = grads[1 + ctx.squares :]
+        none_after = (None, None, None, None, *(None for _ in indices))
         reference = next((g for g in grads if g is not None), None)
         if reference is None:
-            return (None, None, None, *(None for _ in indices))
-        buffer = reference.new_zeros(ctx.shape)
+            return (None, *none_after)
+        if grad_squares is not None:  # d/dx sum_n w exp(2 x) = 2 w exp(2 x)
+            buffer = saved_squares * (2.0 * grad_squares).unsqueeze(-1)
+        else:
+            buffer = reference.new_zeros(ctx.shape)
         if grad_target is not None:
             buffer.scatter_add_(1, target.unsqueeze(1), grad_target.unsqueeze(1))
         for index, grad in zip(indices, grad_selected, strict=True):
             if grad is not None:
                 buffer.scatter_add_(2, index.unsqueeze(1).expand_as(grad), grad)
-        return (buffer, None, None, *(None for _ in indices))
+        return (buffer, *none_after)
 
 
 def prepare_inputs(

@@ -369,6 +369,12 @@ class SoftDiceLoss(_DiceBase):
         weight = None if inputs.valid is None else inputs.valid.to(probs.dtype)
         return self.dice_loss(probs, inputs.target, weight, inputs.valid, inputs.target_probs())
 
+    def plan(self, inputs: PreparedInputs) -> None:
+        """With a shared log-softmax, have ``sum w p^2`` computed in the node that gathers the
+        CE's target entries (:meth:`~losses.base.PreparedInputs.plan_square_sum`)."""
+        if inputs.share_log_probs and self.squared:
+            inputs.plan_square_sum()
+
     def _from_log_probs(self, inputs: PreparedInputs) -> Tensor:
         """The same Dice from the shared log-softmax without materialising the softmax:
         ``sum p^2 = sum exp(2 log p)`` in one pass (:func:`exp_square_sum`) and
@@ -376,7 +382,9 @@ class SoftDiceLoss(_DiceBase):
         log_probs, target, valid = inputs.log_probs(), inputs.target, inputs.valid
         weight = None if valid is None else valid.to(log_probs.dtype)
         p_target = inputs.target_probs()
-        prob_sum = exp_square_sum(log_probs, None if weight is None else weight.unsqueeze(1))
+        prob_sum = inputs.planned_square_sum()  # computed with the CE's gather (see plan)
+        if prob_sum is None:
+            prob_sum = exp_square_sum(log_probs, None if weight is None else weight.unsqueeze(1))
         if weight is not None:
             p_target = p_target * weight
         num_images, num_classes = log_probs.shape[:2]

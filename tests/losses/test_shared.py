@@ -138,13 +138,27 @@ def count_ops(loss_fn, logits, target, names):
     return counts
 
 
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # fmt: skip
     ("name", "shared", "alone"),
     [
         # (preset, {op: count shared}, {op: count term by term})
-        ("ce_dice", {"aten::_log_softmax": 1, "aten::_softmax": 0}, {"aten::_softmax": 1}),
-        ("focal_dice", {"aten::_log_softmax": 1, "aten::_softmax": 0}, {"aten::_softmax": 1}),
-        ("topk_ce_dice", {"aten::_log_softmax": 1, "aten::_softmax": 0}, {"aten::_softmax": 1}),
+        # the Dice's square sum rides in the node that gathers the CE's targets (no node of
+        # its own, so no second full-size gradient to add before the log-softmax backward)
+        (
+            "ce_dice",
+            {"aten::_log_softmax": 1, "aten::_softmax": 0, "_ExpSquareSum": 0},
+            {"aten::_softmax": 1},
+        ),
+        (
+            "focal_dice",
+            {"aten::_log_softmax": 1, "aten::_softmax": 0, "_ExpSquareSum": 0},
+            {"aten::_softmax": 1},
+        ),
+        (
+            "topk_ce_dice",
+            {"aten::_log_softmax": 1, "aten::_softmax": 0, "_ExpSquareSum": 0},
+            {"aten::_softmax": 1},
+        ),
         ("ce_topk_dice", {"aten::_log_softmax": 1, "aten::_softmax": 0}, {"aten::_log_softmax": 2}),
     ],
 )
@@ -187,3 +201,22 @@ def test_shared_building_blocks_gradcheck():
         )
 
     assert torch.autograd.gradcheck(gathered, (logits.clone().requires_grad_(True),))
+
+    valid = torch.tensor([[True] * 7, [True, False, True, True, False, True, True]])
+    for mask in (None, valid):
+
+        def with_square_sum(x, mask=mask):
+            inputs = PreparedInputs(x, target, mask, share_log_probs=True)
+            inputs.plan_pixels("a", indices)
+            inputs.plan_square_sum()
+            return (
+                inputs.target_log_probs(),
+                inputs.planned_square_sum(),
+                inputs.selected_log_probs("a", indices),
+            )
+
+        assert torch.autograd.gradcheck(with_square_sum, (logits.clone().requires_grad_(True),))
+        x = logits.clone().requires_grad_(True)
+        square_sum = with_square_sum(x)[1]
+        w = None if mask is None else mask.to(x.dtype).unsqueeze(1)
+        torch.testing.assert_close(square_sum, exp_square_sum(x.log_softmax(1), w))
