@@ -10,16 +10,7 @@ from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from datamodules import PhantomDataModule
 from datamodules.loader import SliceLoader, collate_slices
-
-SMALL = {
-    "num_train": 2,
-    "num_val": 1,
-    "num_test": 1,
-    "volume_shape": (8, 48, 48),
-    "image_size": 32,
-    "batch_size": 4,
-    "progress": False,
-}
+from tests.datamodules.test_phantom import SMALL
 
 
 @pytest.fixture(scope="module")

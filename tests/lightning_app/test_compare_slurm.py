@@ -126,21 +126,28 @@ def test_make_compare_on_slurm_equals_local(slurm: None, env: dict, tmp_path: Pa
     )  # runs x cases x classes
 
 
-def test_requeued_job_resumes_from_its_checkpoint(slurm: None, env: dict, tmp_path: Path) -> None:
-    """`scontrol requeue` mid-fit: the job runs again and continues the same run directory from
-    last.ckpt (a second fit attempt whose epochs continue), then the table completes."""
-    args = _tiny(tmp_path / "data", epochs=3, num_train=4)
-    out = tmp_path / "out"
+def _submit_and_wait_for_a_checkpoint(out: Path, args: list[str]) -> tuple[str, Path, str]:
+    """Submit one tiny run without waiting; return its job id, run directory and the submission's
+    output once the fit has written its first ``last.ckpt`` (and is still running)."""
     sub = _compare(out, args, "--launcher", "slurm", "--sbatch=--cpus-per-task=1", "--no-wait")
     assert sub.returncode == 0, sub.stdout + sub.stderr
-    assert "run the same command again" in sub.stdout
     job = next((out / "runs" / "slurm").glob("*.jobid")).read_text().strip()
     deadline = time.monotonic() + 300
     while not list((out / "runs").glob("compare-*/checkpoints/last.ckpt")):
         assert time.monotonic() < deadline, "no last.ckpt after 300 s"
         time.sleep(0.5)
     run_dir = next((out / "runs").glob("compare-*/checkpoints/last.ckpt")).parents[1]
-    assert not (run_dir / "compare-fit.done").exists(), "the fit ended before the requeue"
+    assert not (run_dir / "compare-fit.done").exists(), "the fit ended before the interruption"
+    return job, run_dir, sub.stdout
+
+
+def test_requeued_job_resumes_from_its_checkpoint(slurm: None, env: dict, tmp_path: Path) -> None:
+    """`scontrol requeue` mid-fit: the job runs again and continues the same run directory from
+    last.ckpt (a second fit attempt whose epochs continue), then the table completes."""
+    args = _tiny(tmp_path / "data", epochs=3, num_train=4)
+    out = tmp_path / "out"
+    job, run_dir, submitted = _submit_and_wait_for_a_checkpoint(out, args)
+    assert "run the same command again" in submitted
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
     again = _compare(out, args, "--launcher", "slurm", "--poll", "2")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -196,15 +203,7 @@ def test_usr1_auto_requeue_resumes_from_the_newest_checkpoint(
     of the two."""
     args = _tiny(tmp_path / "data", epochs=3, num_train=4)
     out = tmp_path / "out"
-    sub = _compare(out, args, "--launcher", "slurm", "--sbatch=--cpus-per-task=1", "--no-wait")
-    assert sub.returncode == 0, sub.stdout + sub.stderr
-    job = next((out / "runs" / "slurm").glob("*.jobid")).read_text().strip()
-    deadline = time.monotonic() + 300
-    while not list((out / "runs").glob("compare-*/checkpoints/last.ckpt")):
-        assert time.monotonic() < deadline, "no last.ckpt after 300 s"
-        time.sleep(0.5)
-    run_dir = next((out / "runs").glob("compare-*/checkpoints/last.ckpt")).parents[1]
-    assert not (run_dir / "compare-fit.done").exists(), "the fit ended before the signal"
+    job, run_dir, _ = _submit_and_wait_for_a_checkpoint(out, args)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
     deadline = time.monotonic() + 120
     while not (run_dir / "hpc_ckpt_1.ckpt").is_file():
