@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from losses import native
 from losses.base import (
     PreparedInputs,
     SegmentationLoss,
@@ -98,7 +99,13 @@ def top_k_indices(
     broken arbitrarily); ``sorted``: in decreasing order of the scores. The same selection as
     ``scores.topk(keep, dim=-1, sorted=sorted).indices``, ranked on :func:`order_key`, or on
     the cheaper :func:`magnitude_key` when the caller knows that no score is below zero
-    (``non_negative``)."""
+    (``non_negative``). Unsorted selections of non-negative float32 scores on the CPU run in
+    the native radix select (:mod:`losses.native`), which returns each row's indices in
+    increasing order and keeps the lowest indices among ties at the threshold."""
+    if non_negative and not sorted:
+        indices = native.top_k_magnitude_indices(scores, keep)
+        if indices is not None:
+            return indices
     key = magnitude_key(scores) if non_negative else order_key(scores)
     return key.topk(keep, dim=-1, sorted=sorted).indices
 

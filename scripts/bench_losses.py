@@ -9,7 +9,8 @@ the tensors alive at any moment, from torch's profiler memory timeline
 alive when the call started (so the logits themselves are not counted).
 Run with ``make bench-losses`` (options: ``--shape``, ``--repeats``, ``--threads``,
 ``--clock cpu`` for process CPU time instead of wall time, ``--no-memory``, ``--unshared`` to add
-each compound preset computed term by term).
+each compound preset computed term by term, ``--torch-topk`` to add the topK Dice rows ranked by
+``torch.topk`` instead of the native radix select of :mod:`losses.native`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch.profiler import ProfilerActivity, profile
 
-from losses import PRESETS, CompoundLoss, TopKDiceLoss, build_loss
+from losses import PRESETS, CompoundLoss, TopKDiceLoss, build_loss, native
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
@@ -82,6 +83,14 @@ def _under_autocast(fn: Callable) -> Callable:
     return call
 
 
+def _with_torch_topk(fn: Callable) -> Callable:
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with native.disabled():
+            return fn(x, t)
+
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -94,6 +103,11 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory column")
     parser.add_argument(
         "--unshared", action="store_true", help="also time compound presets term by term"
+    )
+    parser.add_argument(
+        "--torch-topk",
+        action="store_true",
+        help="also time the topK Dice rows with torch.topk instead of the native kernel",
     )
     parser.add_argument(
         "--clock",
@@ -136,6 +150,9 @@ def main() -> None:
                 candidates[f"{name} (unshared)"] = CompoundLoss(
                     dict(loss.terms), loss.weights, share=False
                 )
+    if args.torch_topk:
+        for name in ("TopKDiceLoss(k=10)", "topk_dice", "ce_topk_dice"):
+            candidates[f"{name} (torch.topk)"] = _with_torch_topk(candidates[name])
 
     fns: dict[str, Callable] = {
         "MONAI DiceLoss": lambda x, t: monai_dice(x, target_monai),
@@ -157,19 +174,20 @@ def main() -> None:
         f"median {args.clock} time of {args.repeats} forward+backward runs (round-robin; "
         f"ratios: median of the ratios within each round), "
         f"torch {torch.__version__}; peak MB: torch profiler memory timeline of one "
-        f"forward+backward (tensors allocated during the call)\n"
+        f"forward+backward (tensors allocated during the call); top-K selection: "
+        f"{native.describe()}\n"
     )
     print(
-        f"| {'loss':<26} | {'ms':>7} | {'x ce':>5} | {'x MONAI Dice':>12} | "
+        f"| {'loss':<32} | {'ms':>7} | {'x ce':>5} | {'x MONAI Dice':>12} | "
         f"{'x MONAI DiceCE':>14} | {'peak MB':>7} |"
     )
-    print(f"|{'-' * 28}|{'-' * 9}|{'-' * 7}|{'-' * 14}|{'-' * 16}|{'-' * 9}|")
+    print(f"|{'-' * 34}|{'-' * 9}|{'-' * 7}|{'-' * 14}|{'-' * 16}|{'-' * 9}|")
     for name, seconds in medians.items():
         x_ce, x_dice, x_dice_ce = (
             paired_ratio(samples, name, ref) for ref in ("ce", "MONAI DiceLoss", "MONAI DiceCELoss")
         )
         print(
-            f"| {name:<26} | {seconds * 1e3:7.1f} | {x_ce:5.2f} | {x_dice:12.2f} | "
+            f"| {name:<32} | {seconds * 1e3:7.1f} | {x_ce:5.2f} | {x_dice:12.2f} | "
             f"{x_dice_ce:14.2f} | {memory[name] / 2**20:7.1f} |"
         )
 
