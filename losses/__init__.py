@@ -1,6 +1,7 @@
 """Segmentation losses: topK Dice (the poster's proposal) and every baseline of the paper.
 
-Pure torch, no Lightning, data or logging. Every loss is called as ``loss(logits, target)``
+Torch, no Lightning, data or logging; on the CPU the topK ranking runs in a small C kernel
+built on first use (:mod:`losses.native`, with ``torch.topk`` as the fallback). Every loss is called as ``loss(logits, target)``
 with logits ``(B, C, *spatial)`` and integer targets ``(B, *spatial)``, returns a scalar and
 computes in float32 even under autocast.
 """
