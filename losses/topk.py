@@ -6,7 +6,7 @@ or an image and class) the ``max(1, int(N * k / 100))`` pixels of highest diffic
 The selection carries no gradient. It ranks an integer key that orders exactly as the float
 difficulties (:func:`order_key`, or :func:`magnitude_key` for difficulties that are never
 negative): on the CPU, for float32 difficulties that are never negative (the image-pool topK
-Dice), by the native radix select of :mod:`losses.native`, which keeps the lowest pixel indices
+Dice, the topK CE without ignored pixels), by the native radix select of :mod:`losses.native`, which keeps the lowest pixel indices
 among difficulties tied at the threshold; elsewhere by ``torch.topk``, which breaks such ties
 arbitrarily.
 
@@ -392,6 +392,9 @@ class TopKCrossEntropyLoss(SegmentationLoss):
             keep = num_selected(self.k, ce.shape[-1])
             if keep >= ce.shape[-1]:
                 return ce.mean()
+            indices = native.top_k_magnitude_indices(ce, keep)  # the CE is never below zero
+            if indices is not None:
+                return ce.gather(-1, indices).mean()
             # float topk on the values with their gradient: no integer key to hold beside a
             # whole-batch pool (its memory would add to the peak)
             return ce.topk(keep, dim=-1, sorted=False).values.mean()

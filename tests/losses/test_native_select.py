@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from losses import build_loss, native
+from losses import TopKCrossEntropyLoss, build_loss, native
 from losses.topk import magnitude_key, top_k_indices
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,20 +159,27 @@ def test_a_non_contiguous_input_is_selected_by_its_values() -> None:
     assert torch.equal(select(scores, 7), reference_indices(scores, 7))
 
 
+CASES = {
+    "ce_topk_dice": lambda: build_loss("ce_topk_dice"),
+    "topk_dice": lambda: build_loss("topk_dice"),
+    "topk_ce_dice": lambda: build_loss("topk_ce_dice"),
+    "topk_ce_batch_pool": lambda: TopKCrossEntropyLoss(k=7, pool="batch"),
+    "ce_topk_dice_3d": lambda: build_loss("ce_topk_dice"),
+    # with ignored pixels both losses take the masked path: torch.topk on both sides
+    "ce_topk_dice_ignore": lambda: build_loss("ce_topk_dice", ignore_index=255),
+}
+
+
 @needs_compiler
-@pytest.mark.parametrize(
-    "name", ["ce_topk_dice", "topk_dice", "ce_topk_dice_ignore", "ce_topk_dice_3d"]
-)
+@pytest.mark.parametrize("name", list(CASES))
 def test_losses_agree_on_the_native_and_the_torch_path(name) -> None:
     gen = torch.Generator().manual_seed(6)
     shape = (2, 4, 6, 10, 12) if name.endswith("3d") else (3, 4, 40, 44)
     logits = torch.randn(*shape, generator=gen) * 3
     target = torch.randint(0, 4, (shape[0], *shape[2:]), generator=gen)
-    kwargs = {}
-    if name.endswith("ignore"):  # the masked path: torch.topk on both sides, as it should be
+    if name.endswith("ignore"):
         target[0, :5] = 255
-        kwargs["ignore_index"] = 255
-    loss = build_loss(name.removesuffix("_ignore").removesuffix("_3d"), **kwargs)
+    loss = CASES[name]()
 
     def value_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
         x = logits.clone().requires_grad_(True)
