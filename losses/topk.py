@@ -344,6 +344,23 @@ class TopKDiceLoss(_DiceBase):
         return head + ", " + super().extra_repr()
 
 
+class _SelectedValues(torch.autograd.Function):
+    """``values.gather(-1, indices)`` for distinct ``indices`` per row, saving only the indices
+    for the backward (autograd's gather also keeps ``values`` alive until the backward, one
+    more ``(B, N)`` tensor at the peak; ``torch.topk``'s values keep only the indices too)."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor) -> Tensor:  # noqa: ANN205
+        ctx.save_for_backward(indices)
+        ctx.shape = values.shape
+        return values.gather(-1, indices)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN205
+        (indices,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.shape).scatter_(-1, indices, grad), None
+
+
 class TopKCrossEntropyLoss(SegmentationLoss):
     """topK cross-entropy (Pohlen et al., "bootstrapped" CE): mean CE of the K% hardest pixels.
 
@@ -394,7 +411,7 @@ class TopKCrossEntropyLoss(SegmentationLoss):
                 return ce.mean()
             indices = native.top_k_magnitude_indices(ce, keep)  # the CE is never below zero
             if indices is not None:
-                return ce.gather(-1, indices).mean()
+                return _SelectedValues.apply(ce, indices).mean()
             # float topk on the values with their gradient: no integer key to hold beside a
             # whole-batch pool (its memory would add to the peak)
             return ce.topk(keep, dim=-1, sorted=False).values.mean()

@@ -295,3 +295,24 @@ def test_concurrent_builds_share_one_cache(fresh_native: Path) -> None:
     assert all(out.strip() == "[[7, 8, 9]]" for out in outputs)
     files = sorted(p.name for p in fresh_native.iterdir())
     assert len(files) == 1 and files[0].endswith(".so")  # no temporary file left behind
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+def test_topk_ce_keeps_no_full_size_ce_for_its_backward(use_native) -> None:
+    # the selection's backward needs only the indices; a saved (B, N) CE would add to the peak
+    logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    target = torch.randint(0, 3, (2, 16, 16))
+    saved: list[tuple[torch.dtype, tuple[int, ...]]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append((t.dtype, tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if use_native:
+            TopKCrossEntropyLoss(k=10)(logits, target)
+        else:
+            with native.disabled():
+                TopKCrossEntropyLoss(k=10)(logits, target)
+    assert (torch.float32, (2, 256)) not in saved
+    assert (torch.int64, (2, 25)) in saved  # the selection's indices
