@@ -69,15 +69,15 @@ static void select_row(const uint32_t *bits, int64_t n, int64_t keep, int64_t *o
     const uint32_t middle = (uint32_t)find_bin(counts[0], 2048, &need);
 
     const uint32_t prefix = (top << 11) | middle; /* pass 3: bits 8..0 of the keys with both */
-    memset(counts[1], 0, 512 * sizeof(uint32_t));
+    uint32_t low_counts[512] = {0};
     for (int64_t j = 0; j < m; j++) {
-        if ((candidates[j] >> 9) == prefix) counts[1][candidates[j] & 0x1ffu]++;
+        if ((candidates[j] >> 9) == prefix) low_counts[candidates[j] & 0x1ffu]++;
     }
-    const uint32_t low = (uint32_t)find_bin(counts[1], 512, &need);
+    const uint32_t low = (uint32_t)find_bin(low_counts, 512, &need);
     const uint32_t threshold = (prefix << 9) | low;
 
     int64_t o = 0;
-    if (need == (int64_t)counts[1][low]) { /* every key equal to the threshold is kept */
+    if (need == (int64_t)low_counts[low]) { /* every key equal to the threshold is kept */
         for (i = 0; i < n; i++) {
             picked[o] = i;
             o += (bits[i] & MAGNITUDE) >= threshold;
