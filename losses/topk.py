@@ -5,10 +5,10 @@ or an image and class) the ``max(1, int(N * k / 100))`` pixels of highest diffic
 (:func:`num_selected`; nnU-Net's count).
 The selection carries no gradient. It ranks an integer key that orders exactly as the float
 difficulties (:func:`order_key`, or :func:`magnitude_key` for difficulties that are never
-negative): on the CPU, for float32 difficulties that are never negative (the image-pool topK
-Dice, the topK CE without ignored pixels), by the native radix select of :mod:`losses.native`, which keeps the lowest pixel indices
-among difficulties tied at the threshold; elsewhere by ``torch.topk``, which breaks such ties
-arbitrarily.
+negative). On the CPU, float32 difficulties that are never negative (the image-pool topK Dice,
+the topK CE without ignored pixels) are ranked by the native radix select of
+:mod:`losses.native`, which keeps the lowest pixel indices among difficulties tied at the
+threshold; everything else by ``torch.topk``, which breaks such ties arbitrarily.
 
 Difficulty of pixel ``i`` with target class ``y_i``:
 
