@@ -153,16 +153,24 @@ def _class_weighted_sums(
     return (weighted_onehot * probs).sum(-1), weighted_onehot.sum(-1), (denom_p * weight).sum(-1)
 
 
-def _dice_from_sums(
+def _dice_ratio_terms(
     intersection: Tensor, target_sum: Tensor, prob_sum: Tensor, smooth: float, batch: bool
-) -> Tensor:
-    """``(2 I + s) / (T + P + s)`` from per image and class sums ``(B, C)`` (pooled over the
-    batch first when ``batch``)."""
+) -> tuple[Tensor, Tensor]:
+    """Numerator ``2 I + s`` and denominator ``T + P + s`` from per image and class sums
+    ``(B, C)`` (pooled over the batch first when ``batch``)."""
     if batch:
         intersection = intersection.sum(0, keepdim=True)
         target_sum = target_sum.sum(0, keepdim=True)
         prob_sum = prob_sum.sum(0, keepdim=True)
-    return (2.0 * intersection + smooth) / (target_sum + prob_sum + smooth)
+    return 2.0 * intersection + smooth, target_sum + prob_sum + smooth
+
+
+def _dice_from_sums(
+    intersection: Tensor, target_sum: Tensor, prob_sum: Tensor, smooth: float, batch: bool
+) -> Tensor:
+    """``(2 I + s) / (T + P + s)``: the ratio of :func:`_dice_ratio_terms`."""
+    numerator, denominator = _dice_ratio_terms(intersection, target_sum, prob_sum, smooth, batch)
+    return numerator / denominator
 
 
 def dice_loss_from_scores(
@@ -217,13 +225,9 @@ class _LogProbDiceLoss(torch.autograd.Function):
         p_target = probs.gather(1, target.unsqueeze(1)).squeeze(1)
         intersection = probs.new_zeros(num_images, num_classes).scatter_add_(1, target, p_target)
         target_sum = class_counts(target, num_classes, None, probs.dtype)
-        prob_sum = power.sum(-1)
-        if batch:
-            intersection = intersection.sum(0, keepdim=True)
-            target_sum = target_sum.sum(0, keepdim=True)
-            prob_sum = prob_sum.sum(0, keepdim=True)
-        numerator = 2.0 * intersection + smooth
-        denominator = target_sum + prob_sum + smooth
+        numerator, denominator = _dice_ratio_terms(
+            intersection, target_sum, power.sum(-1), smooth, batch
+        )
         scores = numerator / denominator
         used = scores if include_background else scores[:, 1:]
         ctx.save_for_backward(power, target, p_target, numerator, denominator)
