@@ -26,13 +26,22 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-__all__ = ["WandbLogger", "resolve_wandb_mode", "has_wandb_credentials", "wandb_server_reachable"]
+if TYPE_CHECKING:
+    import lightning as L
+
+__all__ = [
+    "WandbLogger",
+    "find_wandb_logger",
+    "resolve_wandb_mode",
+    "has_wandb_credentials",
+    "wandb_server_reachable",
+]
 
 WandbMode = Literal["online", "offline", "disabled"]
 
@@ -96,6 +105,14 @@ def resolve_wandb_mode() -> WandbMode:
             )
         return env  # type: ignore[return-value]
     return "online" if has_wandb_credentials() else "offline"
+
+
+def find_wandb_logger(trainer: L.Trainer) -> _LightningWandbLogger | None:
+    """The trainer's first W&B logger, or ``None`` (CSV-only runs)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, _LightningWandbLogger):
+            return logger
+    return None
 
 
 class WandbLogger(_LightningWandbLogger):

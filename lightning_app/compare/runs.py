@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lightning_app.checkpoints import resume_checkpoint
-from lightning_app.cli import RUN_NAME_ENV
 from lightning_app.compare.plan import (
     FIT_DONE,
     PER_CASE_FILE,
@@ -21,6 +20,7 @@ from lightning_app.compare.plan import (
     Runner,
     RunSpec,
 )
+from lightning_app.run_dir import RUN_NAME_ENV
 
 
 # ---------------------------------------------------------------------- run states
