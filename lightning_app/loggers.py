@@ -1,21 +1,14 @@
 """W&B logger that never prompts: online with credentials, offline without.
 
-Mode resolution (:func:`resolve_wandb_mode`), first match wins:
+Mode (:func:`resolve_wandb_mode`): ``$WANDB_MODE`` when set (``disabled`` drops the W&B logger,
+CSV only), else ``online`` with ``$WANDB_API_KEY`` or a ``~/.netrc`` entry for the W&B host
+(``wandb login``), else ``offline`` (``<save_dir>/wandb/offline-run-*``, upload later with
+``wandb sync``).
 
-1. ``WANDB_MODE`` in the environment (``online``, ``offline``, ``disabled``; ``dryrun`` means
-   offline). ``WANDB_MODE=disabled`` is the documented switch that turns W&B off: the CLI then
-   drops the W&B logger entirely and only the CSV logger runs.
-2. ``WANDB_API_KEY`` set -> ``online``.
-3. A ``~/.netrc`` (or ``$NETRC``) entry for the W&B host (``$WANDB_BASE_URL``, default
-   ``api.wandb.ai``; ``wandb login`` writes it) -> ``online``.
-4. Otherwise ``offline``: the run is written under ``<save_dir>/wandb/offline-run-*`` and can be
-   uploaded later with ``wandb sync <that dir>``.
-
-W&B never stops a run (:class:`WandbLogger`): when the mode is online but the W&B server cannot
-be reached at start (a compute node without internet, a firewalled host), the run continues
-offline within about 25 s and says how to ``wandb sync`` it later; any W&B error in the middle
-of a run is reported once and W&B logging stops, while training and the CSV logger go on. On
-clusters, ``WANDB_MODE=offline`` skips the reachability check altogether.
+W&B never stops a run (:class:`WandbLogger`): when the mode is online but the server cannot be
+reached at start, the run continues offline and says how to ``wandb sync`` it later; any W&B
+error in the middle of a run is reported once and W&B logging stops, while training and the
+CSV logger go on. ``WANDB_MODE=offline`` skips the reachability check (clusters).
 """
 
 from __future__ import annotations
@@ -89,7 +82,13 @@ def has_wandb_credentials() -> bool:
 
 
 def resolve_wandb_mode() -> WandbMode:
-    """The W&B mode for this process (see the module docstring for the order).
+    """The W&B mode for this process, first match wins:
+
+    1. ``WANDB_MODE`` (``online``, ``offline``, ``disabled``; ``dryrun`` means offline).
+    2. ``WANDB_API_KEY`` set -> ``online``.
+    3. A ``~/.netrc`` (or ``$NETRC``) entry for the W&B host (``$WANDB_BASE_URL``, default
+       ``api.wandb.ai``; ``wandb login`` writes it) -> ``online``.
+    4. Otherwise ``offline``.
 
     Raises:
         ValueError: if ``WANDB_MODE`` holds something other than online/offline/disabled/dryrun.

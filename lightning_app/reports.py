@@ -1,22 +1,17 @@
 """Test reports: ``per_case.csv``, ``summary.md`` (the poster's table layout) and predicted
-masks as NIfTI. Formatting and file writing only; the numbers come from
-``models.evaluation.TestResults``, the callback that writes them is
-:class:`lightning_app.callbacks.TestReport`.
+masks as NIfTI; formatting and file writing only. The numbers come from
+``models.evaluation.TestResults``; :class:`lightning_app.callbacks.TestReport` writes the files
+into the run directory.
 
-Files, in the run directory (``trainer.default_root_dir``), written by rank 0:
+- ``per_case.csv``: one row per test case and foreground class (:data:`PER_CASE_COLUMNS`),
+  metrics as fractions, ``nan`` where undefined, HD95 in mm (voxels under ``transunet``).
+- ``summary.md``: the poster's table (percent, 2 decimals), every metric per class and the
+  empty-mask counts with the policy in force.
+- ``predictions/<case>.nii.gz`` (:func:`write_prediction`) with ``save_predictions=True``.
 
-- ``per_case.csv``: one row per test case and foreground class, sorted by case index then
-  label; columns ``index, case, class, label, dice, iou, hd95, precision, recall, gt_empty,
-  pred_empty`` (metrics as fractions with full float precision, ``nan`` where undefined; HD95
-  in mm, or in voxels under ``protocol="transunet"``).
-- ``summary.md``: the poster's table (values in percent, 2 decimals) for the dataset, then
-  every metric per class (HD95 included) and the empty-mask counts with the policy in force.
-- ``predictions/<case>.nii.gz`` with ``save_predictions=True`` (every rank writes its cases).
-
-Poster layouts (:data:`POSTER_LAYOUTS`): Synapse ``mDice mIoU`` + Dice of Aorta, Gallbladder,
-Kidney left, Kidney right, Liver, Pancreas, Spleen, Stomach (alphabetical, as the tables);
-ACDC ``mDice mIoU`` + RV, MYO, LV; MSSEG-2 ``mDice mIoU mPrec mRec``; any other dataset
-``mDice mIoU`` + every class's Dice in label order.
+Poster layouts (:data:`POSTER_LAYOUTS`): Synapse ``mDice mIoU`` + the 8 organs' Dice in the
+tables' alphabetical order; ACDC ``mDice mIoU`` + RV, MYO, LV; MSSEG-2 ``mDice mIoU mPrec
+mRec``; any other dataset ``mDice mIoU`` + every class's Dice in label order.
 """
 
 from __future__ import annotations
@@ -238,7 +233,8 @@ def _csv_value(value: Any) -> str:
 
 
 def write_per_case_csv(results: TestResults, path: str | os.PathLike) -> Path:
-    """Write ``per_case.csv`` (columns :data:`PER_CASE_COLUMNS`; see the module docstring)."""
+    """Write ``per_case.csv``: one row per case and foreground class, sorted by case index
+    then label, columns :data:`PER_CASE_COLUMNS` (metrics with full float precision)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
