@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.install-stamp
 
 LOSS    ?= ce_topk_dice
 DATASET ?= phantom
+# training recipe configs/experiment/$(EXPERIMENT).yaml: by default the dataset's own when it
+# exists (configs/experiment/phantom.yaml); EXPERIMENT= (empty) trains with base.yaml's recipe
+EXPERIMENT ?= $(if $(wildcard configs/experiment/$(DATASET).yaml),$(DATASET))
+EXPERIMENT_CONFIG = $(if $(EXPERIMENT),--config configs/experiment/$(EXPERIMENT).yaml)
 ARGS    ?=
 CKPT    ?= last
 SEEDS   ?=
@@ -27,17 +31,17 @@ OPTS    ?=
 LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(JOBS),--jobs $(JOBS)) $(if $(RUNS_PER_GPU),--runs-per-gpu $(RUNS_PER_GPU)) $(if $(SBATCH),--sbatch='$(SBATCH)') $(if $(NO_WAIT),--no-wait) $(OPTS)
 
 # eval / predict: CKPT=last (default) takes the newest logs/$(DATASET)/$(LOSS)/*/checkpoints/last.ckpt;
-# the run's config.yaml next to the checkpoint's folder gives the dataset (else base + data + loss configs)
+# the run's config.yaml next to the checkpoint's folder gives the dataset (else base + data + experiment + loss configs)
 RUN_CKPT   = $(if $(filter last,$(CKPT)),$(firstword $(shell ls -t logs/$(DATASET)/$(LOSS)/*/checkpoints/last.ckpt 2>/dev/null)),$(CKPT))
 RUN_CONFIG = $(abspath $(dir $(RUN_CKPT))../config.yaml)
-EVAL_CONFIGS = $(if $(wildcard $(RUN_CONFIG)),--config $(RUN_CONFIG),--config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml)
+EVAL_CONFIGS = $(if $(wildcard $(RUN_CONFIG)),--config $(RUN_CONFIG),--config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml)
 
 .PHONY: help install test test-full test-slurm lint format train eval predict phantom-nifti compare sweep-k bench bench-losses bench-data bench-train bench-eval bench-grid clean
 
 help: ## List every target with its description
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo ""
-	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) CKPT=$(CKPT) SEEDS=$(SEEDS) LOSSES='$(LOSSES)' K='$(K)'"
+	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) EXPERIMENT=$(EXPERIMENT) CKPT=$(CKPT) SEEDS=$(SEEDS) LOSSES='$(LOSSES)' K='$(K)'"
 	@echo "           INPUT= OUTPUT=$(OUTPUT) ARGS='<Lightning CLI overrides>'"
 	@echo "           LAUNCHER=$(LAUNCHER) JOBS=$(JOBS) RUNS_PER_GPU=$(RUNS_PER_GPU) SBATCH='$(SBATCH)' NO_WAIT=$(NO_WAIT) OPTS='$(OPTS)'"
 
@@ -69,8 +73,8 @@ format: $(STAMP) ## Format with ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom ARGS="--trainer.max_epochs=5"
-	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml $(ARGS)
+train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom [EXPERIMENT=phantom] ARGS="--trainer.max_epochs=5"
+	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml $(ARGS)
 
 eval: $(STAMP) ## Test a checkpoint (per_case.csv, summary.md, W&B): make eval CKPT=<run>/checkpoints/<file>.ckpt [ARGS="--model.test_protocol=transunet"]
 	@test -f "$(RUN_CKPT)" || { echo "make eval: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>, or train first for CKPT=last)" >&2; exit 2; }
@@ -108,4 +112,5 @@ bench-eval: $(STAMP) ## Time HD95 of one organ in a 100x512x512 volume against m
 	$(PY) scripts/bench_eval.py
 
 clean: ## Remove caches (keeps .venv, data and logs)
-	rm -rf .pytest_cache .ruff_cache **/__pycache__
+	rm -rf .pytest_cache .ruff_cache
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
