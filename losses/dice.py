@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from losses.functional import dice_loss_from_scores, one_hot, soft_dice_score
+from losses.functional import dice_loss_from_scores, soft_dice_score
 from losses.inputs import check_ignore_index, check_non_negative, flatten_inputs
 
 
@@ -35,6 +35,18 @@ def counted_images(valid: Tensor | None, batch: bool) -> Tensor | None:
     """Bool ``(B,)``: the images that enter a per-image mean (those with a valid pixel); None
     when all do or when the sums are pooled over the batch (an empty image adds nothing)."""
     return None if valid is None or batch else valid.any(-1)
+
+
+def modulation(probs: Tensor, target: Tensor, gamma: Tensor) -> Tensor:
+    """PM Dice factor ``|y - q|^gamma`` ``(B, C, N)`` with ``q = stopgrad(p)``: ``q_c^gamma_c``
+    off the target class and ``(1 - q_y)^gamma_y`` at it (``gamma`` ``(1,)`` or ``(C,)``)."""
+    q = probs.detach()
+    gamma = gamma.to(q.dtype)
+    index = target.unsqueeze(1)  # (B, 1, N)
+    gamma_target = gamma[target].unsqueeze(1) if gamma.numel() > 1 else gamma  # (B, 1, N) or (1,)
+    at_target = (1.0 - q.gather(1, index)).pow(gamma_target)
+    off_target = q.clone() if bool((gamma == 1).all()) else q.pow(gamma.view(1, -1, 1))
+    return off_target.scatter_(1, index, at_target)
 
 
 class SoftDiceLoss(nn.Module):
@@ -152,9 +164,8 @@ class PixelwiseModulatedDiceLoss(SoftDiceLoss):
             )
         with torch.autocast(logits.device.type, enabled=False):
             probs = logits.softmax(1)
-            gamma = self.gamma.to(probs.dtype).view(1, -1, 1)  # (1, 1 or C, 1)
             with torch.no_grad():
-                factor = (one_hot(target, num_classes, probs.dtype) - probs).abs().pow(gamma)
+                factor = modulation(probs, target, self.gamma)
                 if valid is not None:
                     factor = factor * valid.unsqueeze(1)
             scores = soft_dice_score(

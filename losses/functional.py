@@ -48,32 +48,45 @@ def soft_dice_score(
     """Soft Dice score per image and class, ``(B, C)`` (``(1, C)`` when ``batch``).
 
     ``(2 sum w y p + s) / (sum w y^2 + sum w p^2 + s)`` with ``y`` the one-hot of ``target``
-    (``y^2 = y``). With a per-pixel ``weight`` (or none) ``sum w y p`` is a scatter-add of
-    ``w p_y`` into each pixel's class, so no one-hot is built; a ``(B, C, N)`` weight builds it.
-    A class absent from an image scores ``s / (sum w p^2 + s)``: 1 when it is not predicted,
-    towards 0 as it is; loss and gradient stay finite. ``weight`` carries no gradient.
+    (``y^2 = y``) and ``w`` a pixel weight ``(B, N)`` or a pixel-and-class weight ``(B, C, N)``
+    (None: 1; it carries no gradient). No one-hot is built: ``y`` is non-zero at the target
+    class only, so ``sum w y p`` is a scatter-add of ``w_y p_y`` into each pixel's class and
+    ``sum w y^2`` one of ``w_y``. A class absent from an image scores ``s / (sum w p^2 + s)``:
+    1 when it is not predicted, towards 0 as it is; loss and gradient stay finite.
     """
     num_classes = probs.shape[1]
-    powered = probs * probs if squared else probs
-    if weight is not None and weight.ndim == 3:
-        weighted_y = weight.detach() * one_hot(target, num_classes, probs.dtype)
-        intersection = (weighted_y * probs).sum(-1)
-        target_sum = weighted_y.sum(-1)
-        prob_sum = (powered * weight.detach()).sum(-1)
-    else:
-        p_target = probs.gather(1, target.unsqueeze(1)).squeeze(1)
-        pixel_weight = None if weight is None else weight.detach().to(probs.dtype)
-        if pixel_weight is not None:
-            p_target = p_target * pixel_weight
-            powered = powered * pixel_weight.unsqueeze(1)
-        intersection = torch.zeros_like(probs[:, :, 0]).scatter_add(1, target, p_target)
-        target_sum = class_counts(target, num_classes, pixel_weight).to(probs.dtype)
-        prob_sum = powered.sum(-1)
+    if weight is not None:
+        weight = weight.detach().to(probs.dtype)
+        if weight.ndim == 2:
+            weight = weight.unsqueeze(1)  # (B, 1, N): the same for every class
+    p_target = probs.gather(1, target.unsqueeze(1))  # (B, 1, N)
+    w_target = None if weight is None else weight.expand_as(probs).gather(1, target.unsqueeze(1))
+    if w_target is not None:
+        p_target = p_target * w_target
+    intersection = torch.zeros_like(probs[:, :, 0]).scatter_add(1, target, p_target.squeeze(1))
+    target_sum = class_counts(target, num_classes, None if w_target is None else w_target[:, 0])
+    prob_sum = power_sum(probs, weight, squared)
     if batch:
         intersection = intersection.sum(0, keepdim=True)
         target_sum = target_sum.sum(0, keepdim=True)
         prob_sum = prob_sum.sum(0, keepdim=True)
-    return (2.0 * intersection + smooth) / (target_sum + prob_sum + smooth)
+    return (2.0 * intersection + smooth) / (target_sum.to(probs.dtype) + prob_sum + smooth)
+
+
+def power_sum(probs: Tensor, weight: Tensor | None, squared: bool) -> Tensor:
+    """``(B, C)``: ``sum_n w p^2`` (``squared``) or ``sum_n w p`` over the pixels; ``weight``
+    broadcastable to ``probs`` without gradient, or None.
+
+    The square sum is written ``2 sum (w q) p - stopgrad(sum (w q) p)`` with ``q = stopgrad(p)``:
+    the same value and the same first derivative ``2 w p``, which autograd then computes in
+    one product (``p * p`` takes two products and a sum of the two gradients). Not for second
+    derivatives. ``tests/losses/test_functional.py`` holds value and gradient against ``p * p``.
+    """
+    if not squared:
+        return (probs if weight is None else probs * weight).sum(-1)
+    weighted_q = probs.detach() if weight is None else probs.detach() * weight
+    half = (weighted_q * probs).sum(-1)  # sum w q p: the value sum w p^2, gradient w p
+    return 2.0 * half - half.detach()
 
 
 def dice_loss_from_scores(
