@@ -49,7 +49,6 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
-	@$(PY) -c "from losses import native; print('top-K selection on the CPU:', native.describe())"
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv/ and install the project with its dev extras (idempotent)

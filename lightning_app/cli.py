@@ -94,6 +94,8 @@ class SegmentationCLI(LightningCLI):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
         # always-on test report (per_case.csv, summary.md): --report.save_predictions=true
         parser.add_lightning_class_args(TestReport, "report")
+        # a loss config's row title in comparisons (configs/loss/*.yaml `name:`); unused here
+        parser.add_argument("--name", type=str | None, default=None, help="loss config title")
         parser.add_argument(
             "--save_predictions",
             action=ActionYesNo,

@@ -1,26 +1,38 @@
-"""Pixel-wise cross-entropy and focal losses with the package's common interface."""
+"""Pixel-wise cross-entropy and softmax focal loss.
+
+``CE_i = -log p_{i, y_i}`` with ``p = softmax(logits)`` over the class axis; both losses average
+over the pixels that are not ``ignore_index``. Shapes: logits ``(B, C, *spatial)`` float,
+target ``(B, *spatial)`` int -> scalar, computed in float32 even under autocast.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn import functional as F
 
-from losses.base import PreparedInputs, SegmentationLoss, check_non_negative, masked_mean
+from losses.functional import weighted_mean
+from losses.inputs import (
+    check_class_weights,
+    check_ignore_index,
+    check_non_negative,
+    check_num_weights,
+    flatten_inputs,
+)
 
 
-class CrossEntropyLoss(SegmentationLoss):
-    """Mean pixel-wise cross-entropy ``mean_i -w_{y_i} log p_{i, y_i}``, ``p = softmax(logits)``.
+class CrossEntropyLoss(nn.Module):
+    """Mean pixel-wise cross-entropy ``sum_i w_{y_i} CE_i / sum_i w_{y_i}`` (``w = 1`` without
+    class weights: the plain mean), as ``torch.nn.CrossEntropyLoss``.
 
     Args:
-        weight: optional per-class weights ``w`` (length C, finite and ``>= 0``); with weights
-            the mean is the weighted mean ``sum_i w_{y_i} CE_i / sum_i w_{y_i}``, as in
-            ``torch.nn``.
-        ignore_index, validate_args: see :class:`~losses.base.SegmentationLoss`.
+        weight: optional per-class weights ``w`` (length C, finite, ``>= 0``).
+        ignore_index: target value whose pixels take no part, or None.
+        validate_args: check that the logits are finite and the targets in ``[0, C)``.
 
-    Shapes:
-        logits ``(B, C, *spatial)`` float, target ``(B, *spatial)`` int -> scalar.
+    An input whose pixels are all ``ignore_index`` gives 0 (torch gives NaN).
     """
 
     def __init__(
@@ -29,43 +41,41 @@ class CrossEntropyLoss(SegmentationLoss):
         ignore_index: int | None = None,
         validate_args: bool = True,
     ) -> None:
-        super().__init__(ignore_index=ignore_index, validate_args=validate_args)
-        self.register_buffer("weight", _class_weights("weight", weight))
+        super().__init__()
+        self.register_buffer("weight", check_class_weights("weight", weight))
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.validate_args = validate_args
 
-    uses_log_probs = True
-
-    def compute(self, inputs: PreparedInputs) -> Tensor:
-        weight = _checked_weights("weight", self.weight, inputs.num_classes)
-        nll = -inputs.target_log_probs()  # shared with the other terms of a CompoundLoss
-        if weight is None:
-            return masked_mean(nll, inputs.valid)
-        # torch's weighted mean: sum_i w_{y_i} CE_i / sum_i w_{y_i} over the valid pixels
-        pixel_weight = weight.to(nll.dtype)[inputs.target]
-        if inputs.valid is not None:
-            if not bool(inputs.valid.any()):
-                return nll.sum() * 0.0
-            pixel_weight = pixel_weight * inputs.valid
-        return (nll * pixel_weight).sum() / pixel_weight.sum()
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target, valid = flatten_inputs(
+            logits, target, self.ignore_index, self.validate_args
+        )
+        check_num_weights("weight", self.weight, logits.shape[1])
+        with torch.autocast(logits.device.type, enabled=False):
+            ce = F.cross_entropy(logits, target, reduction="none")  # (B, N)
+            pixel_weight = valid  # None: every pixel weighs 1
+            if self.weight is not None:
+                class_weight = self.weight.to(ce.dtype)[target]
+                pixel_weight = class_weight if valid is None else class_weight * valid
+            return weighted_mean(ce, pixel_weight)
 
 
-class FocalLoss(SegmentationLoss):
-    """Softmax multi-class focal loss: ``mean_i -alpha_{y_i} (1 - p_{i, y_i})^gamma log p_{i, y_i}``.
+class FocalLoss(nn.Module):
+    """Softmax focal loss ``mean_i -alpha_{y_i} (1 - p_{i, y_i})^gamma log p_{i, y_i}``.
 
-    ``gamma = 0`` (and no ``alpha``) is the plain cross-entropy. The mean runs over the valid
-    pixels (not over classes: MONAI's ``FocalLoss(use_softmax=True)`` with ``reduction="mean"``
-    averages over the class axis too, so it is this loss divided by C).
+    ``gamma = 0`` without ``alpha`` is the plain cross-entropy. The mean runs over the valid
+    pixels only (MONAI's ``FocalLoss(use_softmax=True)`` also averages over the class axis, so
+    it gives this loss divided by C). The gradient is finite for every ``gamma >= 0``, also for
+    ``0 < gamma < 1`` at confident correct pixels (see :func:`focal_factor`).
 
     Args:
         gamma: focusing parameter, ``>= 0``.
-        alpha: optional per-class weights (length C); ``None`` weighs every class 1.
-        ignore_index, validate_args: see :class:`~losses.base.SegmentationLoss`.
-
-    The gradient is finite for every ``gamma >= 0``, also ``0 < gamma < 1`` at confident
-    correct pixels (see :func:`focal_factor`).
+        alpha: optional per-class weights (length C); None weighs every class 1.
+        ignore_index, validate_args: as in :class:`CrossEntropyLoss`.
 
     Raises:
-        ValueError: ``gamma`` negative or not finite; ``alpha`` holding a negative or non-finite
-            value; ``alpha`` of the wrong length (at call time).
+        ValueError: ``gamma`` negative or not finite; ``alpha`` holding a negative or
+            non-finite value, or of the wrong length (at call time).
 
     Reference: Lin et al., "Focal loss for dense object detection", ICCV 2017.
     """
@@ -77,67 +87,40 @@ class FocalLoss(SegmentationLoss):
         ignore_index: int | None = None,
         validate_args: bool = True,
     ) -> None:
-        super().__init__(ignore_index=ignore_index, validate_args=validate_args)
+        super().__init__()
         self.gamma = check_non_negative("gamma", gamma)
-        self.register_buffer("alpha", _class_weights("alpha", alpha))
+        self.register_buffer("alpha", check_class_weights("alpha", alpha))
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.validate_args = validate_args
 
-    uses_log_probs = True
-
-    def compute(self, inputs: PreparedInputs) -> Tensor:
-        alpha = _checked_weights("alpha", self.alpha, inputs.num_classes)
-        log_p = inputs.target_log_probs()
-        loss = -log_p
-        if self.gamma > 0:
-            loss = loss * focal_factor(log_p, self.gamma)
-        if alpha is not None:
-            loss = loss * alpha.to(loss.dtype)[inputs.target]
-        return masked_mean(loss, inputs.valid)
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target, valid = flatten_inputs(
+            logits, target, self.ignore_index, self.validate_args
+        )
+        check_num_weights("alpha", self.alpha, logits.shape[1])
+        with torch.autocast(logits.device.type, enabled=False):
+            log_p = -F.cross_entropy(logits, target, reduction="none")  # log p_{i, y_i}
+            loss = -log_p
+            if self.gamma > 0:
+                loss = loss * focal_factor(log_p, self.gamma)
+            if self.alpha is not None:
+                loss = loss * self.alpha.to(loss.dtype)[target]
+            return weighted_mean(loss, valid)
 
     def extra_repr(self) -> str:
-        base = super().extra_repr()
-        return f"gamma={self.gamma}" + (f", {base}" if base else "")
+        return f"gamma={self.gamma}"
 
 
 def focal_factor(log_p: Tensor, gamma: float) -> Tensor:
-    """The focal modulation ``(1 - p)^gamma`` from ``log p``, with a finite gradient everywhere.
+    """``(1 - p)^gamma`` from ``log p``, with a finite gradient everywhere.
 
-    ``1 - p`` is taken as ``-expm1(log p)`` (exact for ``p`` near 1) and floored at the dtype's
-    smallest normal number before the power: at a confident correct pixel ``1 - p`` rounds to
-    0, where ``d/dx x^gamma = gamma x^(gamma - 1)`` is infinite for ``0 < gamma < 1`` and the
-    chain rule would give ``inf * 0 = NaN`` (``gamma >= 1`` needs no floor). The floor changes
-    the factor only where ``1 - p < tiny``, where the loss ``-log p ~ 1 - p`` is below ``tiny``
-    too; the gradient there is 0, the limit of the true one (``(1 - p)^(1 + gamma)`` near 1).
+    ``1 - p = -expm1(log p)`` (exact near ``p = 1``), floored at the dtype's smallest normal
+    number when ``gamma < 1``: at a confident correct pixel ``1 - p`` rounds to 0, where
+    ``d/dx x^gamma`` is infinite and the chain rule would give ``inf * 0 = NaN``. The floor
+    changes the factor only where ``1 - p < tiny``; the gradient there is 0, the limit of the
+    true one.
     """
     one_minus_p = -torch.expm1(log_p)
-    if gamma == 2.0:  # the usual case: one product, gradient 2 (1 - p), finite
-        return one_minus_p.square()
-    if gamma >= 1.0:  # gamma x^(gamma - 1) is finite at x = 0
+    if gamma >= 1.0:
         return one_minus_p.pow(gamma)
     return one_minus_p.clamp_min(torch.finfo(log_p.dtype).tiny).pow(gamma)
-
-
-def _class_weights(name: str, values: Sequence[float] | None) -> Tensor | None:
-    if values is None:
-        return None
-    try:
-        weights = torch.as_tensor(list(values), dtype=torch.float32)
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"Expected argument `{name}` to be a sequence of numbers, but got {values!r}"
-        ) from err
-    if weights.ndim != 1 or weights.numel() == 0:
-        raise ValueError(f"Expected argument `{name}` to be a non-empty sequence of numbers")
-    if not bool((torch.isfinite(weights) & (weights >= 0)).all()):
-        raise ValueError(
-            f"Expected argument `{name}` to hold finite values >= 0, but got {list(values)}"
-        )
-    return weights
-
-
-def _checked_weights(name: str, weights: Tensor | None, num_classes: int) -> Tensor | None:
-    if weights is not None and weights.numel() != num_classes:
-        raise ValueError(
-            f"Expected argument `{name}` to have one value per class ({num_classes}), "
-            f"but got {weights.numel()}"
-        )
-    return weights

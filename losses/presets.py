@@ -1,120 +1,129 @@
-"""The named loss presets: the poster's five rows plus the Dice variants on their own.
+"""Named loss presets: each is one file, ``configs/loss/<name>.yaml``, read here and by the CLI.
 
-Each preset also exists as ``configs/loss/<name>.yaml`` for the Lightning CLI; a test checks
-that the two agree. Compound presets weigh their terms 0.5/0.5 as TransUNet does.
+A preset file sets ``model.loss`` (``class_path`` + ``init_args``, the Lightning CLI's form)
+and may give ``name:``, the row title in comparisons::
 
-Every Dice term of a preset uses TransUNet's reduction (``utils.DiceLoss`` of
-Beckschen/TransUNet, the code behind the poster's tables): softmax, one-hot target, every class
-including the background weighted ``1/C``, squared denominators, ``smooth = 1e-5``, and the
-sums taken over the WHOLE batch and all pixels before the ratio (``batch=True``). The topK Dice
-selects the K% hardest pixels of each image (``pool="image"``) and pools the selected pixels'
-sums over the batch in the same way, so ``build_loss("ce_topk_dice", topk_dice__k=100)`` is
-TransUNet's ``0.5 * CE + 0.5 * DiceLoss``. The per-image reduction (MONAI's default) stays
-available: ``build_loss("ce_dice", batch=False)`` or ``dice__batch=False``.
+    name: CE + topK-Dice
+    model:
+      loss:
+        class_path: losses.CompoundLoss
+        init_args: {terms: {ce: {class_path: losses.CrossEntropyLoss}, ...}, weights: ...}
+
+:func:`build_loss` builds the same module outside the CLI (tests, benchmarks, notebooks).
+The files live in the repository's ``configs/loss/`` (the package is installed editable).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import importlib
+import inspect
+from pathlib import Path
 from typing import Any
 
+import yaml
 from torch import nn
 
-from losses.compound import CompoundLoss
-from losses.cross_entropy import CrossEntropyLoss, FocalLoss
-from losses.dice import PixelwiseModulatedDiceLoss, SoftDiceLoss
-from losses.topk import TopKCrossEntropyLoss, TopKDiceLoss
+#: The repository's loss presets.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "loss"
+#: The poster's rows, in its order.
+POSTER_PRESETS = ("ce", "ce_dice", "focal_dice", "topk_ce_dice", "ce_topk_dice")
 
-#: Row titles of the poster's tables, by preset name, in the poster's order.
-PAPER_LOSSES: dict[str, str] = {
-    "ce": "CE",
-    "ce_dice": "CE + Dice",
-    "focal_dice": "Focal-CE + Dice",
-    "topk_ce_dice": "topK-CE + Dice",
-    "ce_topk_dice": "CE + topK-Dice",
-}
 
-#: TransUNet's Dice reduction (see the module docstring), the default of every preset's Dice.
-TRANSUNET_DICE: dict[str, Any] = {
-    "include_background": True,
-    "smooth": 1e-5,
-    "squared": True,
-    "batch": True,
-}
+def preset_names(config_dir: Path = CONFIG_DIR) -> tuple[str, ...]:
+    """The presets in ``config_dir``: the stems of its ``*.yaml`` files, sorted."""
+    return tuple(sorted(path.stem for path in Path(config_dir).glob("*.yaml")))
 
-Term = tuple[Callable[..., nn.Module], dict[str, Any]]
 
-_CE: Term = (CrossEntropyLoss, {})
-_DICE: Term = (SoftDiceLoss, TRANSUNET_DICE)
-_TOPK_DICE: Term = (
-    TopKDiceLoss,
-    {"k": 10.0, "difficulty": "ce", "pool": "image", **TRANSUNET_DICE},
-)
-_PM_DICE: Term = (PixelwiseModulatedDiceLoss, {"gamma": 1.0, **TRANSUNET_DICE})
+def read_preset(name: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """The parsed ``<config_dir>/<name>.yaml``.
 
-#: Single-loss presets: name -> (loss class, default arguments).
-_SINGLE: dict[str, Term] = {
-    "ce": _CE,
-    "dice": _DICE,
-    "topk_dice": _TOPK_DICE,
-    "pm_dice": _PM_DICE,
-}
+    Raises:
+        ValueError: no such file, or a file without ``model.loss.class_path``.
+    """
+    path = Path(config_dir) / f"{name}.yaml"
+    if not path.is_file():
+        known = preset_names(config_dir)
+        raise ValueError(f"Expected argument `name` to be one of {known}, but got {name!r}")
+    config = yaml.safe_load(path.read_text()) or {}
+    loss = (config.get("model") or {}).get("loss")
+    if not isinstance(loss, dict) or "class_path" not in loss:
+        raise ValueError(f"{path}: expected `model.loss` with a `class_path`")
+    return config
 
-#: Compound presets: name -> ((term name, (loss class, default arguments)), ...).
-_PAIRS: dict[str, tuple[tuple[str, Term], ...]] = {
-    "ce_dice": (("ce", _CE), ("dice", _DICE)),
-    "focal_dice": (("focal", (FocalLoss, {"gamma": 2.0})), ("dice", _DICE)),
-    "topk_ce_dice": (
-        ("topk_ce", (TopKCrossEntropyLoss, {"k": 10.0, "pool": "image"})),
-        ("dice", _DICE),
-    ),
-    "ce_topk_dice": (("ce", _CE), ("topk_dice", _TOPK_DICE)),
-    "ce_pm_dice": (("ce", _CE), ("pm_dice", _PM_DICE)),
-}
 
-PRESETS: tuple[str, ...] = (*PAPER_LOSSES, "dice", "topk_dice", "pm_dice", "ce_pm_dice")
+def preset_title(name: str, config_dir: Path = CONFIG_DIR) -> str:
+    """The preset's ``name:`` (its row title), else ``name`` itself."""
+    return str(read_preset(name, config_dir).get("name") or name)
 
 
 def build_loss(name: str, **overrides: Any) -> nn.Module:
-    """Build a preset loss by name.
+    """Build the loss of ``configs/loss/<name>.yaml``, with constructor arguments overridden.
 
-    ``overrides`` go to the constructor of a single loss (``build_loss("topk_dice", k=5)``);
-    for a compound preset they go to every term that accepts them (``ignore_index``), or to
-    one term when prefixed by its name (``build_loss("ce_topk_dice", topk_dice__k=5)``), and
-    ``weights={"ce": 1.0, ...}`` replaces the 0.5/0.5 weights.
+    ``build_loss("topk_dice", k=5)`` sets an argument of a single loss. For a compound preset
+    an argument goes to every term that accepts it (``ignore_index=255``), or to one term when
+    prefixed by its name (``build_loss("ce_topk_dice", topk_dice__k=5)``), and ``weights=``
+    replaces the weights.
 
     Raises:
-        ValueError: an unknown preset name or an override that no term accepts.
+        ValueError: an unknown preset, or an override that no term accepts.
     """
-    if name in _SINGLE:
-        cls, defaults = _SINGLE[name]
-        return cls(**{**defaults, **overrides})
-    if name not in _PAIRS:
-        raise ValueError(f"Expected argument `name` to be one of {PRESETS}, but got {name!r}")
-    weights = overrides.pop("weights", None)
-    terms = {}
-    for term_name, (cls, defaults) in _PAIRS[name]:
-        kwargs = dict(defaults)
-        for key, value in overrides.items():
-            prefix, sep, arg = key.partition("__")
-            if sep and prefix == term_name:
-                kwargs[arg] = value
-            elif not sep and _accepts(cls, key):
-                kwargs[key] = value
-        terms[term_name] = cls(**kwargs)
-    used = {k for k in overrides if "__" in k and k.split("__")[0] in terms}
-    used |= {
-        k for k in overrides if "__" not in k and any(_accepts(c, k) for _, (c, _d) in _PAIRS[name])
-    }
-    unused = sorted(set(overrides) - used)
+    spec = copy.deepcopy(read_preset(name)["model"]["loss"])
+    unused = _override(spec, dict(overrides))
     if unused:
         raise ValueError(f"Overrides {unused} are not accepted by any term of preset {name!r}")
-    if weights is None:
-        weights = {term_name: 0.5 for term_name in terms}
-    return CompoundLoss(terms, weights)
+    return instantiate(spec)
 
 
-def _accepts(cls: Callable[..., nn.Module], arg: str) -> bool:
-    import inspect
+def instantiate(spec: Any) -> Any:
+    """Build ``{"class_path": ..., "init_args": {...}}`` (nested ones too, as in ``terms``)."""
+    if isinstance(spec, dict) and "class_path" in spec:
+        cls = _import(spec["class_path"])
+        return cls(**{k: instantiate(v) for k, v in (spec.get("init_args") or {}).items()})
+    if isinstance(spec, dict):
+        return {k: instantiate(v) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [instantiate(v) for v in spec]
+    return spec
 
-    return arg in inspect.signature(cls).parameters
+
+def _override(spec: dict[str, Any], overrides: dict[str, Any]) -> list[str]:
+    """Write ``overrides`` into ``spec``'s ``init_args`` (see :func:`build_loss`); return the
+    names that nothing accepted."""
+    terms = (spec.get("init_args") or {}).get("terms")
+    if not isinstance(terms, dict):  # a single loss
+        unused = [key for key in overrides if not _accepts(spec, key)]
+        spec.setdefault("init_args", {}).update(overrides)
+        return sorted(unused)
+    unused = []
+    if "weights" in overrides:
+        spec["init_args"]["weights"] = overrides.pop("weights")
+    for key, value in overrides.items():
+        term, sep, arg = key.partition("__")
+        if sep:
+            targets = [terms[term]] if term in terms and _accepts(terms[term], arg) else []
+        else:
+            arg, targets = key, [t for t in terms.values() if _accepts(t, key)]
+        for target in targets:
+            target.setdefault("init_args", {})[arg] = value
+        if not targets:
+            unused.append(key)
+    return sorted(unused)
+
+
+def _accepts(spec: dict[str, Any], arg: str) -> bool:
+    return arg in inspect.signature(_import(spec["class_path"])).parameters
+
+
+def _import(class_path: str) -> Any:
+    module, _, attr = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+#: Row titles of the poster's presets, by preset name, in the poster's order.
+PAPER_LOSSES: dict[str, str] = {
+    name: preset_title(name) if (CONFIG_DIR / f"{name}.yaml").is_file() else name
+    for name in POSTER_PRESETS
+}
+#: Every preset of the repository (``configs/loss/*.yaml``).
+PRESETS: tuple[str, ...] = preset_names()

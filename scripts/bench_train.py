@@ -1,6 +1,12 @@
-"""Training-loop throughput: ``Trainer.fit`` against the bare model step (``make bench-train``).
+"""The loss's share of a training step, and the training loop's throughput (``make bench-train``).
 
-Both sides train the same architecture with the same loss on the same phantom batches, in this
+Loss share (the default): for each poster preset, the median wall time of the loss's forward +
+backward on the step's logits against that of the whole step (network forward, loss, backward,
+SGD step), timed round-robin on the CPU for two settings: the phantom recipe (batch 8 x 6
+classes x 128^2, Unet-ResNet18 with the light decoder 128-64-32-16-16) and a Synapse-sized batch
+(24 x 9 classes x 224^2, Unet-ResNet18). Target: under 5% of the step for every preset.
+
+Throughput (``--throughput``): ``Trainer.fit`` against the bare model step. Both sides train the same architecture with the same loss on the same phantom batches, in this
 process, one after the other:
 
 - *bare*: the batches are loaded into memory first; then per batch ``forward -> loss ->
@@ -14,9 +20,10 @@ validation (metrics, W&B panels) runs after the timed window and is reported on 
 Target: Trainer / bare >= 0.9. Both sides run on the same device with the same precision and
 memory format (``--accelerator``, ``--precision``, ``--channels-last``).
 
-    .venv/bin/python scripts/bench_train.py [--steps 30 --batch-size 16 --image-size 128]
-    .venv/bin/python scripts/bench_train.py --accelerator gpu --precision bf16-mixed \
-        --channels-last --batch-size 24 --image-size 224        # the GPU recipe
+    .venv/bin/python scripts/bench_train.py [--repeats 5] [--settings phantom synapse]
+    .venv/bin/python scripts/bench_train.py --throughput [--steps 30 --batch-size 16]
+    .venv/bin/python scripts/bench_train.py --throughput --accelerator gpu \
+        --precision bf16-mixed --channels-last --batch-size 24 --image-size 224
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import tempfile
 import time
 
@@ -32,8 +40,85 @@ import torch
 
 from datamodules import PhantomDataModule
 from lightning_app.loggers import WandbLogger
-from losses import build_loss
+from losses import PAPER_LOSSES, build_loss
 from models import SegmentationModel
+
+#: (batch, classes, image size, Unet decoder channels) of the loss-share settings
+SHARE_SETTINGS = {
+    "phantom": (8, 6, 128, (128, 64, 32, 16, 16)),
+    "synapse": (24, 9, 224, (256, 128, 64, 32, 16)),
+}
+
+
+def loss_share(setting: str, repeats: int) -> list[tuple[str, float, float]]:
+    """``[(preset, loss ms, step ms)]``: medians over ``repeats`` round-robin rounds of the
+    loss's forward + backward and of the whole training step (one warm-up round first)."""
+    import segmentation_models_pytorch as smp
+
+    batch, classes, size, decoder = SHARE_SETTINGS[setting]
+    torch.manual_seed(0)
+    net = smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=classes,
+                   decoder_channels=decoder)  # fmt: skip
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    image = torch.randn(batch, 1, size, size)
+    # a label map with large and small structures, as in segmentation data
+    label = torch.zeros(batch, size, size, dtype=torch.long)
+    for c in range(1, classes):
+        side = max(2, size // (2 * c + 2))
+        top, left = (c * 13) % (size - side), (c * 29) % (size - side)
+        label[:, top : top + side, left : left + side] = c
+    losses = {name: build_loss(name) for name in PAPER_LOSSES}
+    with torch.no_grad():
+        step_logits = net(image)  # the loss alone runs on logits of the step's network
+
+    def step(loss) -> float:
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss(net(image), label).backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    def loss_only(loss) -> float:
+        logits = step_logits.clone().requires_grad_(True)
+        start = time.perf_counter()
+        loss(logits, label).backward()
+        return time.perf_counter() - start
+
+    times: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in losses}
+    for round_ in range(repeats + 1):
+        for name, loss in losses.items():
+            loss_s, step_s = loss_only(loss), step(loss)
+            if round_ > 0:
+                times[name][0].append(loss_s)
+                times[name][1].append(step_s)
+    return [
+        (name, statistics.median(a) * 1e3, statistics.median(b) * 1e3)
+        for name, (a, b) in times.items()
+    ]
+
+
+def print_loss_shares(settings: list[str], repeats: int) -> None:
+    print(
+        f"loss share of a training step: CPU, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, median wall time of {repeats} round-robin rounds; "
+        f"target: every preset under 5% of the step"
+    )
+    for setting in settings:
+        batch, classes, size, decoder = SHARE_SETTINGS[setting]
+        print(
+            f"\n{setting}: batch {batch} x {classes} classes x {size}^2, Unet-ResNet18 "
+            f"(decoder {'-'.join(map(str, decoder))}), SGD"
+        )
+        print(
+            f"| {'preset':<14} | {'loss fwd+bwd ms':>15} | {'step ms':>8} | {'share':>6} | target |"
+        )
+        print(f"|{'-' * 16}|{'-' * 17}|{'-' * 10}|{'-' * 8}|--------|")
+        for name, loss_ms, step_ms in loss_share(setting, repeats):
+            share = loss_ms / step_ms
+            verdict = "met" if share < 0.05 else "MISSED"
+            print(
+                f"| {name:<14} | {loss_ms:15.1f} | {step_ms:8.1f} | {share:6.1%} | {verdict:>6} |"
+            )
 
 
 class StepTimer(L.Callback):
@@ -172,7 +257,16 @@ def trainer_fit(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--loss", default="ce_topk_dice")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="loss share: round-robin rounds (default 5)"
+    )
+    parser.add_argument(
+        "--settings", nargs="+", choices=sorted(SHARE_SETTINGS), default=["phantom", "synapse"]
+    )
+    parser.add_argument(
+        "--throughput", action="store_true", help="Trainer.fit against the bare step instead"
+    )
+    parser.add_argument("--loss", default="ce_topk_dice", help="throughput: the loss preset")
     parser.add_argument("--steps", type=int, default=25, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -183,6 +277,9 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     args = parser.parse_args()
+    if not args.throughput:
+        print_loss_shares(args.settings, args.repeats)
+        return
     os.environ.setdefault("WANDB_SILENT", "true")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import yaml
 
-from losses import PAPER_LOSSES
-
 #: Per-case test metrics of a run (written by ``python -m lightning_app test``).
 PER_CASE_FILE = "per_case.csv"
 #: Marker the comparison writes into a run directory once its fit has returned successfully.
@@ -51,9 +49,9 @@ class Entry:
     extra_args: tuple[str, ...] = ()
 
 
-def loss_entries(losses: Sequence[str]) -> list[Entry]:
-    """Rows for loss presets, named as in the poster when they are its losses
-    (``ce_topk_dice -> "CE + topK-Dice"``), else by preset name.
+def loss_entries(losses: Sequence[str], configs_dir: Path = Path("configs")) -> list[Entry]:
+    """Rows for loss presets, titled by the ``name:`` of ``configs/loss/<preset>.yaml``
+    (``ce_topk_dice -> "CE + topK-Dice"``), else by the preset name.
 
     Raises:
         ValueError: an empty or repeated list.
@@ -63,7 +61,16 @@ def loss_entries(losses: Sequence[str]) -> list[Entry]:
         raise ValueError("Expected argument `losses` to name at least one loss preset, got none")
     if len(set(losses)) != len(losses):
         raise ValueError(f"Expected argument `losses` without repeats, but got {losses}")
-    return [Entry(PAPER_LOSSES.get(name, name), name, name) for name in losses]
+    return [Entry(loss_title(name, configs_dir), name, name) for name in losses]
+
+
+def loss_title(name: str, configs_dir: Path = Path("configs")) -> str:
+    """The ``name:`` of ``<configs_dir>/loss/<name>.yaml``, else ``name`` (also when the file
+    is missing: :class:`Comparison` reports that)."""
+    path = Path(configs_dir) / "loss" / f"{name}.yaml"
+    config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    title = config.get("name") if isinstance(config, dict) else None
+    return str(title) if title else name
 
 
 def sweep_k_entries(ks: Sequence[float], loss: str = "ce_topk_dice") -> list[Entry]:

@@ -6,6 +6,19 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
+#: The presets that come with the package (configs/loss/); a user's new config is not tested here.
+PACKAGE_PRESETS = (
+    "ce",
+    "ce_dice",
+    "focal_dice",
+    "topk_ce_dice",
+    "ce_topk_dice",
+    "dice",
+    "topk_dice",
+    "pm_dice",
+    "ce_pm_dice",
+)
+
 
 def make_inputs(batch=2, classes=4, spatial=(12, 10), seed=0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)

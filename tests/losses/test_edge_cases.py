@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import losses
 from losses import (
     CompoundLoss,
     CrossEntropyLoss,
@@ -21,8 +20,8 @@ from losses import (
     TopKDiceLoss,
     build_loss,
 )
-from losses.topk import num_selected
-from tests.losses.conftest import make_inputs
+from losses.functional import num_selected
+from tests.losses.conftest import PACKAGE_PRESETS, make_inputs
 from tests.losses.reference import nnunet_topk_ce
 
 # ----------------------------------------------------------------------------- focal gradients
@@ -101,7 +100,7 @@ ALL_IGNORED_CASES = {
     "FocalLoss": lambda: FocalLoss(ignore_index=255),
     **{
         f"preset:{name}": (lambda n: lambda: build_loss(n, ignore_index=255))(name)
-        for name in losses.PRESETS
+        for name in PACKAGE_PRESETS
     },
     **{
         f"preset-per-image:{name}": (
@@ -144,7 +143,7 @@ FACTORIES = {
     "TopKDiceLoss": TopKDiceLoss,
     "TopKCrossEntropyLoss": TopKCrossEntropyLoss,
     "PixelwiseModulatedDiceLoss": PixelwiseModulatedDiceLoss,
-    **{f"preset:{p}": (lambda n: lambda **kw: build_loss(n, **kw))(p) for p in losses.PRESETS},
+    **{f"preset:{p}": (lambda n: lambda **kw: build_loss(n, **kw))(p) for p in PACKAGE_PRESETS},
 }
 
 

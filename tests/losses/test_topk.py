@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from losses import SoftDiceLoss, TopKCrossEntropyLoss, TopKDiceLoss
-from losses.topk import num_selected
+from losses.functional import num_selected
 from tests.losses.conftest import make_inputs
 from tests.losses.reference import nnunet_topk_ce, topk_dice_reference
 
@@ -145,3 +145,25 @@ def test_bad_options():
         TopKDiceLoss(k_start=0)
     with pytest.raises(ValueError, match="`k_schedule_steps` to be >= 0"):
         TopKDiceLoss(k_schedule_steps=-1)
+
+
+def test_nan_logits_still_give_a_nan_topk_dice():
+    # validate_args=False: the NaN pixel must not be ranked away (the training guard relies on it)
+    logits = torch.zeros(1, 3, 10, 10)
+    logits[0, 1] = 4.0
+    logits[0, :, 2, 3] = float("nan")
+    target = torch.zeros(1, 10, 10, dtype=torch.long)
+    assert torch.isnan(TopKDiceLoss(k=5, validate_args=False)(logits, target))
+
+
+def test_topk_ce_value_and_gradient_are_those_of_the_largest_ce_values():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 30, 30, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (2, 30, 30), generator=gen)
+    loss = TopKCrossEntropyLoss(k=7, pool="batch")(logits, target)
+    ce = F.cross_entropy(logits, target, reduction="none").reshape(-1)
+    ref = ce.sort(descending=True).values[: int(ce.numel() * 7 / 100)].mean()
+    torch.testing.assert_close(loss, ref, rtol=1e-14, atol=0)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-16)
