@@ -37,7 +37,7 @@ from lightning_app.compare.runs import (
     run_state,
     subprocess_runner,
 )
-from lightning_app.statistics import read_per_case_csv
+from lightning_app.compare.per_case import read_per_case_csv
 
 __all__ = [
     "LaunchResult",
