@@ -6,11 +6,13 @@ Dice points squared: run ``s2_a = mean_l max(0, MS_seed - MS_res) / U`` and resi
 ``s2_g = mean over rows of max(0, V_unit - s2_e/S_A - s2_e/S_R)``. For a design of ``S`` seeds
 per loss and ``U`` cases::
 
-    SE^2 = 2 s2_a / S + s2_g / U + 2 s2_e / (S U),   df: Satterthwaite (S - 1 and U - 1)
+    SE^2 = 2 s2_a / S + s2_g / U + 2 s2_e / (S U),   df: Satterthwaite (:func:`design_se`)
 
-The minimal detectable difference (MDD) is the true difference a two-sided t test at
-``alpha = 0.05`` detects with probability 0.8 (noncentral t), before any multiplicity
-correction. One seed: ``s2_a`` is not estimable and left out (conditional on the runs).
+The minimal detectable difference (MDD) is the true difference that the table's t test at
+``alpha = 0.05`` detects with probability 0.8, before any multiplicity correction, found by
+simulating that test on tables drawn from the components (a noncentral t with Satterthwaite
+df is optimistic with few seeds: the variance estimate itself varies). One seed: ``s2_a`` is
+not estimable and left out (conditional on the runs).
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import stats
 
 from lightning_app.compare.per_case import group_comparison_rows
-from lightning_app.compare.statistics import LossScores, crossed_anova, loss_scores
+from lightning_app.compare.statistics import (
+    LossScores,
+    crossed_anova,
+    loss_scores,
+    paired_difference,
+)
 
 __all__ = [
     "Components",
@@ -87,56 +94,92 @@ def pilot_components(scores: Mapping[str, LossScores], reference: str | None) ->
 
 
 def design_se(c: Components, seeds: int, units: int) -> tuple[float, float]:
-    """``(SE, df)`` of a row-minus-reference difference for ``seeds`` per loss, ``units``."""
-    seed_part = 2 * c.s2_run / seeds if seeds >= 2 else 0.0
-    unit_part = c.s2_interaction / units + 2 * c.s2_residual / (seeds * units)
-    var = seed_part + unit_part
-    terms = [(unit_part, units - 1)]
-    if seeds >= 2:  # one run-variance term per loss, S - 1 df each
-        terms += [(seed_part / 2, seeds - 1)] * 2
+    """``(SE, df)`` of a row-minus-reference difference for ``seeds`` per loss and ``units``:
+    the expected mean squares of :func:`~lightning_app.compare.statistics.paired_difference`
+    (per loss ``MS_seed / (U S)`` with ``S - 1`` df minus ``MS_res / (U S)`` with
+    ``(S - 1)(U - 1)`` df; ``V_unit / U`` with ``U - 1`` df) in Satterthwaite's formula."""
+    s, u = seeds, units
+    v_unit = (c.s2_interaction + 2 * c.s2_residual / s) / u
+    terms = [(v_unit, u - 1)]
+    if s >= 2:
+        ms_seed = (c.s2_run + c.s2_residual / u) / s  # E MS_seed / (U S)
+        ms_res = c.s2_residual / (u * s)
+        terms += [(ms_seed, s - 1), (-ms_res, (s - 1) * (u - 1))] * 2
+    var = sum(v for v, _ in terms)
     denom = sum(v**2 / d for v, d in terms if d > 0)
     df = var**2 / denom if denom > 0 else math.inf
     return math.sqrt(var), df
 
 
-def power_at(delta: float, se: float, df: float, alpha: float = ALPHA) -> float:
-    """Power of the two-sided t test at true difference ``delta``."""
-    crit = float(stats.t.ppf(1 - alpha / 2, df))
-    nc = delta / se
-    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    return power if math.isfinite(power) else float(nc > crit)
-
-
-def minimal_detectable_difference(c: Components, seeds: int, units: int) -> float:
-    """The difference (Dice points) detected with power 0.8 by the design; NaN when the
-    pilot shows no variance at all."""
-    se, df = design_se(c, seeds, units)
-    if not se > 0 or not math.isfinite(df):
-        return math.nan
-    return float(optimize.brentq(lambda d: power_at(d, se, df) - POWER, 0.0, 50 * se))
-
-
-def needed(c: Components, effect: float, seeds: int, units: int) -> dict[str, int | None]:
-    """Smallest ``seeds`` (2..100, at ``units``) and ``units`` (2..5000, at ``seeds``) whose
-    MDD is at most ``effect``; ``None`` when out of that range."""
-    out: dict[str, int | None] = {"seeds": None, "units": None}
-    for s in range(2, 101):
-        if minimal_detectable_difference(c, s, units) <= effect:
-            out["seeds"] = s
-            break
-    lo, hi = 2, 5000
-    if minimal_detectable_difference(c, seeds, hi) <= effect:
-        while lo < hi:  # the MDD falls as units grow
-            mid = (lo + hi) // 2
-            if minimal_detectable_difference(c, seeds, mid) <= effect:
-                hi = mid
-            else:
-                lo = mid + 1
-        out["units"] = lo
+def _null_draws(c: Components, seeds: int, units: int, n_sim: int, seed: int) -> np.ndarray:
+    """float (n_sim, 3): ``D``, ``SE`` and the critical ``t_{0.975, df} SE`` of
+    :func:`~lightning_app.compare.statistics.paired_difference` on tables drawn from the
+    components with no true difference (``SE`` does not depend on the true difference)."""
+    rng = np.random.default_rng([seed, seeds, units])
+    run = math.sqrt(c.s2_run) if c.run_known else 0.0
+    out = np.empty((n_sim, 3))
+    for i in range(n_sim):
+        xs = []
+        for _ in range(2):
+            x = rng.normal(0.0, math.sqrt(c.s2_residual), (seeds, units))
+            x += rng.normal(0.0, math.sqrt(c.s2_interaction / 2), (1, units))
+            if seeds >= 2:
+                x += rng.normal(0.0, run, (seeds, 1))
+            xs.append(x)
+        t = paired_difference(*xs)
+        crit = float(stats.t.ppf(1 - ALPHA / 2, t.df)) * t.se if t.se > 0 else 0.0
+        out[i] = (t.estimate, t.se, crit)
     return out
 
 
-def power_report(rows: Iterable[Mapping[str, str]], reference: str | None, effect: float) -> str:
+def minimal_detectable_difference(
+    c: Components, seeds: int, units: int, n_sim: int = 2000, seed: int = 0
+) -> float:
+    """The true difference (Dice points) that the row's t test
+    (:func:`~lightning_app.compare.statistics.paired_difference`) detects with probability
+    0.8 at two-sided ``alpha = 0.05``: ``n_sim`` tables drawn from the components (normal
+    run, case x loss and residual effects), ``power(delta) = share of |delta + D| > t SE``,
+    solved by bisection. NaN when the components are all 0."""
+    if not design_se(c, seeds, units)[0] > 0:
+        return math.nan
+    draws = _null_draws(c, seeds, units, n_sim, seed)
+
+    def power(delta: float) -> float:
+        return float((np.abs(delta + draws[:, 0]) > draws[:, 2]).mean())
+
+    lo, hi = 0.0, 1.0
+    while power(hi) < POWER:
+        lo, hi = hi, 2 * hi
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if power(mid) < POWER else (lo, mid)
+    return hi
+
+
+def needed(
+    c: Components, effect: float, seeds: int, units: int, n_sim: int = 500
+) -> dict[str, int | None]:
+    """Smallest ``seeds`` (2..64, at ``units``) and ``units`` (2..2048, at ``seeds``) whose
+    MDD is at most ``effect`` (bisection; the MDD falls as either grows); ``None`` when out of
+    that range."""
+
+    def smallest(lo: int, hi: int, mdd) -> int | None:
+        if mdd(hi) > effect:
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if mdd(mid) > effect else (lo, mid)
+        return lo
+
+    return {
+        "seeds": smallest(2, 64, lambda s: minimal_detectable_difference(c, s, units, n_sim)),
+        "units": smallest(2, 2048, lambda u: minimal_detectable_difference(c, seeds, u, n_sim)),
+    }
+
+
+def power_report(
+    rows: Iterable[Mapping[str, str]], reference: str | None, effect: float, n_sim: int = 1000
+) -> str:
     """``python -m lightning_app.compare power``: the pilot's components, the MDD of its design
     and of larger ones, and the seeds / cases needed to detect ``effect`` Dice points.
 
@@ -158,15 +201,15 @@ def power_report(rows: Iterable[Mapping[str, str]], reference: str | None, effec
         + (f"{c.s2_run:.3f}" if c.run_known else "not estimable (one seed): left out")
         + f", case x loss {c.s2_interaction:.3f}, residual {c.s2_residual:.3f}.",
         f"Minimal detectable difference at 80% power (two-sided t, alpha {ALPHA}, no "
-        f"multiplicity correction): {minimal_detectable_difference(c, s, u):.2f} points "
+        f"multiplicity correction): {minimal_detectable_difference(c, s, u, n_sim):.2f} points "
         f"with {s} seed(s) x {u} cases.",
         "",
         "MDD (points) | " + " | ".join(f"{k} cases" for k in (u, 2 * u, 4 * u)),
     ]
     for seeds in sorted({max(s, 1), 3, 5, 10}):
-        mdds = [minimal_detectable_difference(c, seeds, k) for k in (u, 2 * u, 4 * u)]
+        mdds = [minimal_detectable_difference(c, seeds, k, n_sim) for k in (u, 2 * u, 4 * u)]
         lines.append(f"{seeds:>3} seeds    | " + " | ".join(f"{m:.2f}" for m in mdds))
-    need = needed(c, effect, max(s, 2), u)
+    need = needed(c, effect, max(s, 2), u, n_sim // 2)
     lines.append("")
     lines.append(
         f"To detect {effect:g} points: "
