@@ -45,19 +45,22 @@ another), ``local`` (``--jobs`` runs at once on this machine, one per GPU, ``--r
 :class:`~lightning_app.compare.launchers.LocalPool`) and ``slurm`` (one ``sbatch`` job per run,
 ``--sbatch``, ``--no-wait``; :mod:`lightning_app.compare.slurm`). The package's modules:
 ``plan`` (what to run), ``runs`` (one run's state and steps), ``launchers`` and ``slurm`` (how
-to run it), ``job`` (what a launched job runs), ``report`` (tables, plots, W&B), ``command``.
+to run it), ``job`` (what a launched job runs), ``report`` (per-case CSV, curves, W&B),
+``analysis`` / ``markdown`` / ``columns`` / ``plots`` (the report of a per-case CSV),
+``per_case`` (reading), ``statistics`` and ``power`` (the tests and planning), ``command``.
 
 Outputs in ``<out>`` (default ``results/<dataset>``), ``<name>`` = ``comparison`` or ``sweep_k``:
 
-- ``<name>.md``: the table in the poster's layout (rows in the poster's order, named as in the
-  poster; mean ± std over seeds in percent, best per column in bold, Wilcoxon p-value against
-  the reference row, see :mod:`lightning_app.statistics`) and the plots;
-- ``<name>.csv``: the same table, machine-readable (percent, columns ``<title>`` and
-  ``<title> std``, ``wilcoxon p``, ``wilcoxon pairs``, ``best``);
-- ``<name>_per_case.csv``: every run's per-case rows (row label, preset, seed, run, case, class,
-  dice, iou, precision, recall, hd95; fractions), from which the p-values can be recomputed;
-- ``<name>_per_class_dice.png``, ``<name>_val_dice.png`` and, for the sweep,
-  ``sweep_k_mdice_vs_k.png``.
+- ``<name>_per_case.csv``: every run's per-case rows (loss, key, seed, run, case, class, dice,
+  iou, precision, recall, hd95, gt_empty, pred_empty; fractions); everything below is computed
+  from it alone (``python -m lightning_app.compare analyze --per-case <it>``);
+- ``<name>.md``: each row's mDice with its 95% CI, its difference to the reference (CE +
+  topK-Dice by default; row minus reference) with CI, p, Holm, an exact Wilcoxon check,
+  probability of improvement and rank-1 probability (:mod:`lightning_app.compare.statistics`),
+  the empty-cell counts, the poster's columns (mean ± std over seeds) and the plots;
+- ``<name>.csv``: the same, machine-readable (docs/comparison.md lists the columns);
+- ``<name>_differences.png``, ``<name>_ranks.png``, ``<name>_per_class_dice.png``,
+  ``<name>_val_dice.png`` and, for the sweep, ``sweep_k_mdice_vs_k.png``.
 """
 
 from lightning_app.compare.command import build_parser, main

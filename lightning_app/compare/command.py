@@ -14,7 +14,6 @@ import yaml
 
 from lightning_app.compare.analysis import analyze_rows, default_reference, read_rows
 from lightning_app.compare.launchers import Launcher, LocalPool, run_comparison
-from lightning_app.compare.power import power_report
 from lightning_app.compare.plan import (
     DEFAULT_K,
     Comparison,
@@ -22,6 +21,7 @@ from lightning_app.compare.plan import (
     loss_entries,
     sweep_k_entries,
 )
+from lightning_app.compare.power import power_report
 from lightning_app.compare.slurm import SlurmLauncher
 from losses import PAPER_LOSSES
 

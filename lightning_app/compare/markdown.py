@@ -34,7 +34,10 @@ def _ci(low: float, high: float, signed: bool = False) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]], head: Sequence[str]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|",
+    ]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -123,7 +126,9 @@ def _columns_table(a: Analysis) -> list[str]:
         cells = []
         for t in a.titles:
             m, s = r.mean[t], r.std[t]
-            cells.append("–" if math.isnan(m) else f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}")
+            cells.append(
+                "–" if math.isnan(m) else f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}"
+            )
         rows.append([r.label, *cells])
     return _table(rows, ["Loss", *a.titles])
 

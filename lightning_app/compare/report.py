@@ -162,6 +162,9 @@ def _typed_columns(rows: list[list[str]]) -> list[list[object]]:
         all(v == "" or _number(v) is not None for v in column) for column in zip(*rows, strict=True)
     ]
     return [
-        [(_number(v) if v != "" else None) if num else v for v, num in zip(row, numeric, strict=True)]
+        [
+            (_number(v) if v != "" else None) if num else v
+            for v, num in zip(row, numeric, strict=True)
+        ]
         for row in rows
     ]

@@ -332,7 +332,9 @@ def compare_losses(
     """
     groups = group_comparison_rows(rows)
     if reference is not None and reference not in groups:
-        raise ValueError(f"Expected the reference row to be one of {list(groups)}, got {reference!r}")
+        raise ValueError(
+            f"Expected the reference row to be one of {list(groups)}, got {reference!r}"
+        )
     scores, _ = loss_scores(groups)
     order = list(scores)
     rank_probs = rank_probabilities([scores[k] for k in order], n_boot, seed)

@@ -246,9 +246,13 @@ def test_undefined_cells_cannot_improve_a_row() -> None:
     hard[:, :4, 1] = 0.95
     hard[:, 6:, 0] = np.nan
     flags = {"gt_empty": {"hard": gt_empty, "ref": gt_empty}}
-    hard_row = compare_losses(per_case_rows({"hard": hard, "ref": ref}, ("a", "b"), **flags), "ref")[0]
+    hard_row = compare_losses(
+        per_case_rows({"hard": hard, "ref": ref}, ("a", "b"), **flags), "ref"
+    )[0]
     zeroed = np.nan_to_num(hard)
-    zero_row = compare_losses(per_case_rows({"hard": zeroed, "ref": ref}, ("a", "b"), **flags), "ref")[0]
+    zero_row = compare_losses(
+        per_case_rows({"hard": zeroed, "ref": ref}, ("a", "b"), **flags), "ref"
+    )[0]
     for key in ("mdice", "diff", "p_value", "p_wilcoxon"):
         assert hard_row[key] == zero_row[key]
     assert hard_row["diff"] < 0
