@@ -126,16 +126,20 @@ def analyze_rows(
     columns = dataset_columns(dataset, first.classes)
     stats = compare_losses(rows, reference, seed=seed)
     scores, dropped = loss_scores(groups)
-    comps = pilot_components(scores, reference)
-    mdd = minimal_detectable_difference(comps, comps.n_seeds, comps.n_units)
+    n_units = next(iter(scores.values())).x.shape[1]
+    if n_units >= 2:
+        comps = pilot_components(scores, reference)
+        mdd = minimal_detectable_difference(comps, comps.n_seeds, comps.n_units)
+    else:
+        mdd = math.nan
     result = Analysis(
         stats=stats,
         columns=column_rows(groups, columns),
         titles=[c.title for c in columns],
         reference=reference,
         mdd=mdd,
-        n_seeds=comps.n_seeds,
-        n_units=comps.n_units,
+        n_seeds=round(sum(len(v) for v in groups.values()) / len(groups)),
+        n_units=n_units,
         dropped_units=dropped,
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +156,7 @@ def analyze_rows(
         header += [t, f"{t} std"]
     paths = result.paths
     paths["csv"] = write_csv(out / f"{stem}.csv", header, flat)
-    where = f"{len(labels)} rows, {comps.n_seeds} seed(s), {comps.n_units} cases"
+    where = f"{len(labels)} rows, {result.n_seeds} seed(s), {n_units} cases"
     bar_titles = [t for t in result.titles if t != "mIoU" or dataset == "msseg2"]
     paths["per_class_plot"] = plot_columns(
         result.columns, bar_titles, out / f"{stem}_per_class_dice.png", f"Test scores ({where})"

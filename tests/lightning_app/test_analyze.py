@@ -158,3 +158,14 @@ def test_power_report(tmp_path: Path) -> None:
         power_report(per_case_rows(tables), "B", 0.0)
     one_seed = {k: v[:1] for k, v in tables.items()}
     assert "not estimable (one seed)" in power_report(per_case_rows(one_seed), None, 1.0, 200)
+
+
+def test_analyze_a_single_case_has_no_interval(tmp_path: Path) -> None:
+    from lightning_app.compare.analysis import analyze_rows
+
+    tables = {"A": np.full((2, 1, 1), 0.7), "B": np.full((2, 1, 1), 0.6)}
+    result = analyze_rows(per_case_rows(tables), tmp_path, reference="B")
+    assert math.isnan(result.mdd) and result.n_units == 1
+    a = result.stats[0]
+    assert a["diff"] == pytest.approx(10.0) and math.isnan(a["p_value"])
+    assert "Minimal detectable difference" not in result.paths["markdown"].read_text()
