@@ -86,11 +86,11 @@ predict: $(STAMP) ## Segment NIfTI volumes: make predict CKPT=<.ckpt> INPUT=<.ni
 phantom-nifti: $(STAMP) ## Export the phantom's test volumes as NIfTI (data/phantom-nifti/{images,labels}/) to try make predict
 	$(PY) scripts/phantom_nifti.py --config configs/data/phantom.yaml --output data/phantom-nifti
 
-compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice" [LAUNCHER=local JOBS=2 | LAUNCHER=slurm SBATCH="--gres=gpu:1"]
-	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) $(LAUNCH_OPTS) -- $(ARGS)
+compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice" [REFERENCE=ce_dice] [LAUNCHER=local JOBS=2 | LAUNCHER=slurm SBATCH="--gres=gpu:1"]
+	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(REFERENCE),--reference "$(REFERENCE)") $(LAUNCH_OPTS) -- $(ARGS)
 
 sweep-k: $(STAMP) ## CE + topK-Dice for each K; results/$(DATASET)/sweep_k.md: make sweep-k K="5 10 20 50 100"
-	$(PY) -m lightning_app.compare sweep-k --dataset $(DATASET) --k $(K) $(if $(SEEDS),--seeds $(SEEDS)) $(LAUNCH_OPTS) -- $(ARGS)
+	$(PY) -m lightning_app.compare sweep-k --dataset $(DATASET) --k $(K) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(REFERENCE),--reference "$(REFERENCE)") $(LAUNCH_OPTS) -- $(ARGS)
 
 bench: $(STAMP) ## Run every bench-* script (scripts/bench_*.py) and write one report, results/bench.md
 	$(PY) scripts/bench_all.py

@@ -13,6 +13,11 @@ An interrupted comparison resumes by running the same command again; runs that d
 seeds or losses are shared between comparisons. All runs of one comparison share the W&B group
 ``compare-<dataset>-<hash>``, written into a logger overlay yaml
 (``<out>/runs/<group>.logger.yaml``). Outputs go to ``<out>`` (default ``results/<dataset>``).
+
+Modules for the report: ``per_case`` (reading ``<name>_per_case.csv``), ``statistics`` and
+``power`` (case-level tests, intervals, ranks, planning), ``analysis`` / ``markdown`` /
+``columns`` / ``plots`` (``<name>.md``, ``<name>.csv``, the figures). Everything in the report
+is computed from the per-case CSV alone: ``python -m lightning_app.compare analyze --per-case``.
 """
 
 from lightning_app.compare.command import build_parser, main

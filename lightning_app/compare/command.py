@@ -1,4 +1,6 @@
-"""The command line of ``python -m lightning_app.compare`` (``make compare``, ``make sweep-k``)."""
+"""The command line of ``python -m lightning_app.compare``: ``losses`` (``make compare``),
+``sweep-k`` (``make sweep-k``), ``analyze`` (the report from a per-case CSV alone) and ``power``
+(planning from a pilot's per-case CSV)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,16 @@ from pathlib import Path
 
 import yaml
 
+from lightning_app.compare.analysis import analyze_rows, default_reference, read_rows
 from lightning_app.compare.launchers import Launcher, LocalPool, run_comparison
 from lightning_app.compare.plan import (
     DEFAULT_K,
-    REFERENCE_LOSS,
     Comparison,
     default_seeds,
     loss_entries,
     sweep_k_entries,
 )
+from lightning_app.compare.power import power_report
 from lightning_app.compare.slurm import SlurmLauncher
 from losses import PAPER_LOSSES
 
@@ -92,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
             p.add_argument(
                 "--reference",
-                default=REFERENCE_LOSS,
-                help="preset the others are tested against (default ce_dice)",
+                default=None,
+                help="preset (or row name) the others are tested against (default: ce_topk_dice "
+                "when in --losses, else the first loss)",
             )
         else:
             p.add_argument(
@@ -105,8 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--reference",
                 default="100",
-                help="K of the reference row of the tests (default 100 = CE + Dice)",
+                help="K of the reference row of the tests (default 100)",
             )
+    p = sub.add_parser("analyze", help="the report (md, csv, plots) from a per-case CSV alone")
+    p.add_argument("--per-case", type=Path, required=True, help="<name>_per_case.csv")
+    p.add_argument("--reference", default=None, help='row name, e.g. "CE + Dice"')
+    p.add_argument("--out", type=Path, default=None, help="default: the CSV's folder")
+    p.add_argument("--dataset", default=None, help="poster layout (default: from the classes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p = sub.add_parser("power", help="minimal detectable difference and the design needed")
+    p.add_argument("--per-case", type=Path, required=True, help="a pilot's <name>_per_case.csv")
+    p.add_argument("--reference", default=None, help='row name, e.g. "CE + Dice"')
+    p.add_argument("--effect", type=float, default=1.0, help="difference to detect (Dice points)")
     return parser
 
 
@@ -119,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         cut = argv.index("--")
         argv, user_args = argv[:cut], argv[cut + 1 :]
     opts = build_parser().parse_args(argv)
+    if opts.mode == "analyze":
+        return analyze_command(opts)
+    if opts.mode == "power":
+        print(power_report(read_rows(opts.per_case), opts.reference, opts.effect))
+        return {}
     if opts.seeds is not None and opts.seeds < 1:
         raise ValueError(f"Expected argument `seeds` to be >= 1, but got {opts.seeds}")
     n_seeds = opts.seeds if opts.seeds is not None else default_seeds(opts.dataset)
@@ -126,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if opts.mode == "losses":
         losses = _split_words(opts.losses)
         entries = loss_entries(losses)
-        reference = PAPER_LOSSES.get(opts.reference, opts.reference)
+        if opts.reference is None:
+            reference = default_reference([e.label for e in entries])
+        else:
+            reference = PAPER_LOSSES.get(opts.reference, opts.reference)
         name, mode = "comparison", "compare"
     else:
         try:
@@ -142,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             ) from err
         name, mode = "sweep_k", "sweepk"
     if reference not in [e.label for e in entries]:
-        print(f"note: the reference row {reference!r} is not part of this run: no p-values")
+        print(f"note: the reference row {reference!r} is not part of this run; the first row is")
+        reference = default_reference([e.label for e in entries])
     comparison = Comparison(
         dataset=opts.dataset,
         entries=entries,
@@ -159,6 +182,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     return run_comparison(
         comparison, report_only=opts.report_only, dry_run=opts.dry_run, launcher=launcher
     )
+
+
+def analyze_command(opts: argparse.Namespace) -> dict[str, Path]:
+    """``analyze``: the report of ``--per-case`` into ``--out`` (default: the CSV's folder),
+    named after the CSV (``comparison_per_case.csv`` -> ``comparison.md``)."""
+    rows = read_rows(opts.per_case)
+    stem = opts.per_case.stem.removesuffix("_per_case") or "comparison"
+    out = opts.out if opts.out is not None else opts.per_case.parent
+    result = analyze_rows(
+        rows,
+        out,
+        stem=stem,
+        reference=opts.reference,
+        dataset=opts.dataset,
+        notes=[f"- Per-case scores: `{opts.per_case}`"],
+        seed=opts.seed,
+    )
+    for kind, path in result.paths.items():
+        print(f"{kind:>15}: {path}")
+    return result.paths
 
 
 def _launcher_defaults(configs_dir: Path, name: str) -> dict:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from lightning_app.compare.per_case import read_per_case_csv
 from lightning_app.compare.plan import PER_CASE_FILE, Comparison, Runner, RunSpec
 from lightning_app.compare.report import write_outputs
 from lightning_app.compare.runs import (
@@ -37,7 +38,6 @@ from lightning_app.compare.runs import (
     run_state,
     subprocess_runner,
 )
-from lightning_app.statistics import read_per_case_csv
 
 __all__ = [
     "LaunchResult",

@@ -28,16 +28,21 @@ from lightning_app.compare import (
     run_state,
     sweep_k_entries,
 )
-from lightning_app.plots import plot_against, plot_columns, plot_curves, read_val_curve
-from lightning_app.statistics import (
+from lightning_app.compare.columns import column_rows
+from lightning_app.compare.per_case import (
     CaseTable,
     Column,
-    RunScores,
-    comparison_rows,
     dataset_columns,
     read_per_case_csv,
     run_column_value,
-    wilcoxon_vs_reference,
+)
+from lightning_app.compare.plots import (
+    plot_against,
+    plot_columns,
+    plot_curves,
+    plot_differences,
+    plot_rank_blobs,
+    read_val_curve,
 )
 from tests.conftest import CONFIGS
 
@@ -165,73 +170,38 @@ def test_synapse_columns_pick_the_right_class() -> None:
     assert run_column_value(table, cols["Aorta"]) == pytest.approx(0.7)
 
 
-def make_runs(rng: np.random.Generator, labels: list[str], seeds: list[int], n_cases: int):
-    runs = []
+def make_groups(rng: np.random.Generator, labels: list[str], seeds: list[int], n_cases: int):
+    """``{label: {seed: CaseTable}}`` with 3 classes, one cell with an empty ground truth."""
+    groups = {}
     for i, label in enumerate(labels):
+        groups[label] = {}
         for seed in seeds:
             dice = np.clip(rng.normal(0.6 + 0.05 * i, 0.1, (n_cases, 3)), 0.01, 0.99)
-            dice[0, 2] = np.nan  # an absent class in one case
-            runs.append(RunScores(label, seed, table_of(dice, ["a", "b", "c"])))
-    return runs
+            gt_empty = np.zeros_like(dice)
+            dice[0, 2], gt_empty[0, 2] = np.nan, 1.0  # an absent class in one case
+            table = table_of(dice, ["a", "b", "c"])
+            groups[label][seed] = CaseTable(
+                table.cases, table.classes, table.values, flags={"gt_empty": gt_empty}
+            )
+    return groups
 
 
-def test_comparison_rows_mean_std_best_and_wilcoxon() -> None:
+def test_column_rows_mean_std_over_seeds() -> None:
     rng = np.random.default_rng(0)
-    labels, seeds = ["CE", "CE + Dice", "CE + topK-Dice"], [1, 2, 3]
-    runs = make_runs(rng, labels, seeds, n_cases=6)
-    columns = dataset_columns("phantom", ["a", "b", "c"])
-    rows = comparison_rows(runs, columns, labels, reference="CE + Dice")
+    labels, seeds = ["CE", "CE + Dice"], [1, 2, 3]
+    groups = make_groups(rng, labels, seeds, n_cases=6)
+    rows = column_rows(groups, dataset_columns("phantom", ["a", "b", "c"]))
     assert [r.label for r in rows] == labels
     for row in rows:
-        mine = [r for r in runs if r.label == row.label]
-        # hand computation: class means over cases, then over classes; then seeds
-        per_run = []
-        for r in mine:
-            d = r.table.values["dice"]
-            per_class = [np.mean(d[~np.isnan(d[:, c]), c]) for c in range(3)]
-            per_run.append(100 * np.mean(per_class))
+        per_run = []  # hand computation: class means over cases, then over classes; then seeds
+        for table in groups[row.label].values():
+            d = table.values["dice"]
+            per_run.append(100 * np.mean([np.mean(d[~np.isnan(d[:, c]), c]) for c in range(3)]))
         assert row.mean["mDice"] == pytest.approx(np.mean(per_run))
         assert row.std["mDice"] == pytest.approx(np.std(per_run, ddof=1))
-        assert row.per_seed["mDice"] == pytest.approx(per_run)
-        assert row.seeds == seeds
-    best = max(rows, key=lambda r: round(r.mean["mDice"], 2))
-    assert "mDice" in best.best
-    assert sum("mDice" in r.best for r in rows) == 1
-    ref = rows[1]
-    assert ref.is_reference and math.isnan(ref.p_value) and ref.n_pairs == 0
-    for row in (rows[0], rows[2]):
-        x, y = [], []
-        for seed in seeds:
-            a = next(r for r in runs if r.label == row.label and r.seed == seed)
-            b = next(r for r in runs if r.label == "CE + Dice" and r.seed == seed)
-            x += [np.nanmean(v) for v in a.table.values["dice"]]
-            y += [np.nanmean(v) for v in b.table.values["dice"]]
-        assert row.n_pairs == 18
-        assert row.p_value == pytest.approx(wilcoxon(x, y).pvalue, rel=1e-12)
-
-
-def test_single_seed_has_no_std_and_pairs_skip_nan() -> None:
-    a = table_of(np.array([[0.5, 0.7], [np.nan, np.nan], [0.9, 0.8]]), ["a", "b"])
-    b = table_of(np.array([[0.4, 0.6], [0.3, 0.2], [0.5, 0.5]]), ["a", "b"])
-    rows = comparison_rows(
-        [RunScores("L", 1, a), RunScores("R", 1, b)],
-        dataset_columns("phantom", ["a", "b"]),
-        ["L", "R", "absent"],
-        reference="R",
-    )
-    assert [r.label for r in rows] == ["L", "R"]
-    assert math.isnan(rows[0].std["mDice"])
-    assert rows[0].n_pairs == 2  # case 1 has no defined Dice for L
-    assert rows[0].p_value == pytest.approx(wilcoxon([0.6, 0.85], [0.5, 0.5]).pvalue)
-
-
-def test_wilcoxon_only_pairs_matching_seeds_and_rejects_repeats() -> None:
-    a = table_of(np.array([[0.5], [0.7]]), ["a"])
-    b = table_of(np.array([[0.4], [0.6]]), ["a"])
-    p, n = wilcoxon_vs_reference([RunScores("L", 1, a)], [RunScores("R", 2, b)])
-    assert math.isnan(p) and n == 0
-    with pytest.raises(ValueError, match=r"seed 1 repeats"):
-        wilcoxon_vs_reference([RunScores("L", 1, a), RunScores("L", 1, a)], [RunScores("R", 1, b)])
+        assert row.per_seed["mDice"] == pytest.approx(per_run) and row.seeds == seeds
+    one = column_rows({"L": {1: groups["CE"][1]}}, dataset_columns("phantom", ["a"]))
+    assert math.isnan(one[0].std["mDice"])
 
 
 # ---------------------------------------------------------------------- plots
@@ -255,9 +225,15 @@ def test_read_val_curve_later_versions_win(tmp_path: Path) -> None:
 
 def test_plots_write_pngs(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    runs = make_runs(rng, ["K=5", "K=10"], [1, 2], n_cases=4)
-    rows = comparison_rows(runs, dataset_columns("phantom", ["a", "b", "c"]), ["K=5", "K=10"])
+    groups = make_groups(rng, ["K=5", "K=10"], [1, 2], n_cases=4)
+    rows = column_rows(groups, dataset_columns("phantom", ["a", "b", "c"]))
+    stats_rows = [
+        {"loss": "K=5", "diff": 1.0, "diff_ci_low": -0.5, "diff_ci_high": 2.5},
+        {"loss": "K=10", "diff": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan},
+    ]
     for path in (
+        plot_differences(stats_rows, tmp_path / "d.png", "t"),
+        plot_rank_blobs(["K=5", "K=10"], [[0.3, 0.7], [0.7, 0.3]], tmp_path / "r.png", "t"),
         plot_columns(rows, ["mDice", "a", "b", "c"], tmp_path / "bars.png", "t"),
         plot_curves({"K=5": [{0: 0.1, 1: 0.3}, {0: 0.2}], "K=10": [{}]}, tmp_path / "c.png", "t"),
         plot_against([5, 10], rows, "mDice", tmp_path / "k.png", "t"),
@@ -269,6 +245,9 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
         plot_against([5], rows, "mDice", tmp_path / "k.png", "t")
     with pytest.raises(ValueError, match=r"at least one row"):
         plot_columns([], ["mDice"], tmp_path / "b.png", "t")
+    with pytest.raises(ValueError, match=r"2 x 2 table of rank probabilities"):
+        plot_rank_blobs(["a", "b"], [[1.0]], tmp_path / "r.png", "t")
+    assert plot_differences(stats_rows[1:], tmp_path / "none.png", "t") is None
 
 
 # ---------------------------------------------------------------------- orchestration
@@ -342,8 +321,9 @@ def test_run_comparison_outputs_and_resume_skip(compare_env: Path) -> None:
         assert paths[kind].is_file(), kind
     assert paths["per_class_plot"].read_bytes()[:8] == PNG_MAGIC
     md = paths["markdown"].read_text()
-    assert "| Loss functions | mDice | mIoU | organ | lesion | p vs CE + Dice | pairs |" in md
-    assert "(reference)" in md and "**" in md
+    assert "| Loss | mDice [95% CI] | per seed | Δ vs CE + Dice [95% CI] |" in md
+    assert "| Loss | mDice | mIoU | organ | lesion |" in md  # the poster's columns
+    assert "(reference)" in md and "Family: the 1 comparison(s)" in md
     assert not (out / "wandb").exists()  # WANDB_MODE=disabled: no comparison run
     # every run command carries the settings, the seed, the run dir and the ARGS last
     fit_cmd = fake.calls[0][2]
@@ -351,22 +331,23 @@ def test_run_comparison_outputs_and_resume_skip(compare_env: Path) -> None:
     assert "--config=" + str(CONFIGS / "loss" / "ce.yaml") in fit_cmd
     assert any(a.startswith("--config=") and a.endswith(".logger.yaml") for a in fit_cmd)
 
-    # the table's p-value is scipy's Wilcoxon on the per-case rows of the companion CSV
+    # the Wilcoxon p is scipy's exact test on the seed-averaged case differences of the CSV
     with paths["per_case"].open() as f:
         per_case = list(csv.DictReader(f))
     assert len(per_case) == 2 * 2 * 5 * 2  # losses x seeds x cases x classes
-    scores: dict[tuple[str, str, str], list[float]] = {}
+    assert {"gt_empty", "pred_empty"} <= set(per_case[0])
+    scores: dict[tuple[str, str], list[float]] = {}
     for r in per_case:
-        scores.setdefault((r["loss"], r["seed"], r["case"]), []).append(float(r["dice"]))
-    pairs = sorted({(s, c) for (_, s, c) in scores})
-    x = [np.mean(scores[("CE", s, c)]) for s, c in pairs]
-    y = [np.mean(scores[("CE + Dice", s, c)]) for s, c in pairs]
+        scores.setdefault((r["loss"], r["case"]), []).append(float(r["dice"]))
+    cases = sorted({c for _, c in scores})
+    d = [np.mean(scores[("CE", c)]) - np.mean(scores[("CE + Dice", c)]) for c in cases]
     with paths["csv"].open() as f:
         table = {r["loss"]: r for r in csv.DictReader(f)}
     assert list(table) == ["CE", "CE + Dice"]
-    assert float(table["CE"]["wilcoxon p"]) == pytest.approx(wilcoxon(x, y).pvalue, rel=1e-9)
-    assert int(table["CE"]["wilcoxon pairs"]) == 10
-    assert table["CE + Dice"]["wilcoxon p"] == ""
+    assert float(table["CE"]["p_wilcoxon"]) == pytest.approx(wilcoxon(d, method="exact").pvalue)
+    assert float(table["CE"]["diff"]) == pytest.approx(100 * np.mean(d))
+    assert int(table["CE"]["n_cases"]) == 5
+    assert table["CE + Dice"]["p_value"] == "" and table["CE + Dice"]["diff"] == ""
     ce_mdice = [
         100 * np.mean([np.mean([float(r["dice"]) for r in per_case
                                 if r["loss"] == "CE" and r["seed"] == s and r["class"] == cls])
@@ -433,7 +414,7 @@ def test_report_only_tabulates_finished_runs(compare_env: Path) -> None:
     paths = run_comparison(comparison, runner=fake, report_only=True, log=lambda s: None)
     md = paths["markdown"].read_text()
     assert "Incomplete: 1 of 2 runs finished" in md
-    assert "| CE |" in md and "CE + Dice |" not in md.split("| Loss functions")[1]
+    assert "| CE |" in md and "CE + Dice |" not in md.split("| Loss |")[1]
 
 
 def test_run_names_are_deterministic_and_follow_the_settings(compare_env: Path) -> None:
@@ -480,15 +461,16 @@ def test_sweep_k_writes_table_and_k_plot(compare_env: Path) -> None:
     assert paths["k_plot"].name == "sweep_k_mdice_vs_k.png"
     assert paths["k_plot"].read_bytes()[:8] == PNG_MAGIC
     md = paths["markdown"].read_text()
-    assert "| K=5 |" in md and "| K=100 |" in md and "p vs K=100" in md
-    assert "With 4 pairs a two-sided p cannot fall below 0.125" in md
+    assert "| K=5 |" in md and "| K=100 |" in md and "Δ vs K=100" in md
+    assert "conditional on that one run per loss" in md
     with paths["csv"].open() as f:
         table = {r["loss"]: r for r in csv.DictReader(f)}
     assert float(table["K=100"]["mDice"]) == pytest.approx(100 * (0.6 + 0.015))
     assert float(table["K=5"]["mDice"]) == pytest.approx(100 * (0.505 + 0.015))
-    assert table["K=100"]["best"] == "mDice;mIoU;organ;lesion"
-    # 4 pairs, every difference -0.095: scipy's exact two-sided p = 2 / 2**4
-    assert float(table["K=5"]["wilcoxon p"]) == pytest.approx(0.125)
+    # 4 cases, every difference -0.095: scipy's exact two-sided p = 2 / 2**4; t: no spread
+    assert float(table["K=5"]["p_wilcoxon"]) == pytest.approx(0.125)
+    assert float(table["K=5"]["diff"]) == pytest.approx(-9.5)
+    assert float(table["K=5"]["p_value"]) == 0.0 and table["K=5"]["cases_worse"] == "4"
 
 
 @pytest.mark.parametrize(
@@ -605,9 +587,11 @@ def test_main_reference_outside_the_rows(
     compare_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(CONFIGS.parent)
-    main(["losses", "--losses", "ce", "--out", str(compare_env / "o"), "--dry-run"])
+    main(["losses", "--losses", "ce", "--reference", "ce_dice", "--out", str(compare_env / "o"),
+          "--dry-run"])  # fmt: skip
     assert (
-        "reference row 'CE + Dice' is not part of this run: no p-values" in capsys.readouterr().out
+        "reference row 'CE + Dice' is not part of this run; the first row is"
+        in capsys.readouterr().out
     )
     with pytest.raises(ValueError, match=r"`reference` to be a K value, but got 'all'"):
         main(["sweep-k", "--reference", "all", "--dry-run"])
@@ -638,14 +622,3 @@ def test_hash_follows_yaml_contents_not_comments(compare_env: Path) -> None:
     base.write_text(yaml.safe_dump(settings))
     assert names(new()) != before and new().group != group
     assert names(first) == before and first.group == group  # computed once per comparison
-
-
-def test_best_marks_ties_at_the_printed_precision_and_never_nan() -> None:
-    from lightning_app.statistics import TableRow, best_columns
-
-    def row(label: str, a: float, b: float) -> TableRow:
-        return TableRow(label, [1], {"a": a, "b": b}, {"a": math.nan, "b": math.nan}, {})
-
-    rows = [row("x", 50.004, math.nan), row("y", 49.996, 10.0), row("z", 49.0, 20.0)]
-    # 50.004 and 49.996 both print as 50.00: a tie; NaN is never the best
-    assert best_columns(rows, ["a", "b"]) == {"x": ["a"], "y": ["a"], "z": ["b"]}

@@ -15,6 +15,7 @@ from lightning_app.compare import (
     FIT_DONE,
     Comparison,
     loss_entries,
+    main,
     run_comparison,
     run_state,
 )
@@ -61,21 +62,27 @@ def test_two_losses_one_seed_through_the_cli(tiny_env: Path) -> None:
     header = md.split("\n| Loss functions | ")[1].split("\n")[0]
     assert header.startswith("mDice | mIoU | synthetic_large_organ")
 
-    # the p-value is scipy's Wilcoxon over the (seed, case) pairs of the per-case CSV
+    # the table's Wilcoxon p is scipy's exact test on the case differences of the per-case
+    # CSV, and `analyze` rebuilds the same table from that CSV alone
     with paths["per_case"].open() as f:
         rows = list(csv.DictReader(f))
+    assert {"gt_empty", "pred_empty"} <= set(rows[0])
     per_case: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        if r["dice"] not in ("", "nan"):
-            per_case.setdefault((r["loss"], r["case"]), []).append(float(r["dice"]))
+        if r["gt_empty"] == "False":
+            per_case.setdefault((r["loss"], r["case"]), []).append(float(r["dice"] or 0.0))
     cases = sorted({c for _, c in per_case})
     assert len(cases) == 3
-    x = [np.mean(per_case[("CE", c)]) for c in cases]
-    y = [np.mean(per_case[("CE + Dice", c)]) for c in cases]
+    d = [np.mean(per_case[("CE", c)]) - np.mean(per_case[("CE + Dice", c)]) for c in cases]
     with paths["csv"].open() as f:
         table = {r["loss"]: r for r in csv.DictReader(f)}
-    assert int(table["CE"]["wilcoxon pairs"]) == 3
-    assert float(table["CE"]["wilcoxon p"]) == pytest.approx(wilcoxon(x, y).pvalue)
+    assert int(table["CE"]["n_cases"]) == 3
+    assert float(table["CE"]["diff"]) == pytest.approx(100 * np.mean(d))
+    if any(d):
+        assert float(table["CE"]["p_wilcoxon"]) == pytest.approx(wilcoxon(d, method="exact").pvalue)
+    again = main(["analyze", "--per-case", str(paths["per_case"]), "--out", str(tiny_env / "again"),
+                  "--reference", "CE + Dice"])  # fmt: skip
+    assert again["csv"].read_text() == paths["csv"].read_text()
 
     # the validation curves came from each run's CSV logger (2 epochs)
     assert "curves_plot" in paths

@@ -7,6 +7,9 @@
   with a band from the lowest to the highest seed.
 - :func:`plot_against`: one column (mDice) against a numeric parameter (K), mean and standard
   deviation over seeds.
+- :func:`plot_differences`: each row's difference to the reference with its 95% CI.
+- :func:`plot_rank_blobs`: each row's bootstrap rank distribution (challengeR's blob plot: a
+  disc per rank, area = probability).
 - :func:`read_val_curve`: a run's validation curve from its CSV logger files.
 """
 
@@ -26,9 +29,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from lightning_app.statistics import TableRow  # noqa: E402
+from lightning_app.compare.columns import TableRow  # noqa: E402
 
-__all__ = ["plot_against", "plot_columns", "plot_curves", "read_val_curve"]
+__all__ = [
+    "plot_against",
+    "plot_columns",
+    "plot_curves",
+    "plot_differences",
+    "plot_rank_blobs",
+    "read_val_curve",
+]
 
 _VERSION = re.compile(r"version_(\d+)$")
 
@@ -192,3 +202,67 @@ def plot_against(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_differences(stats_rows: Sequence[Mapping], path: str | Path, title: str) -> Path | None:
+    """Forest plot of ``diff`` with ``[diff_ci_low, diff_ci_high]`` (Dice points) of every row
+    of :func:`lightning_app.compare.statistics.compare_losses` that has one; a vertical line at 0.
+
+    Returns:
+        ``path``, or ``None`` (nothing written) when no row has a difference.
+    """
+    rows = [r for r in stats_rows if not math.isnan(r["diff"])]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(rows) + 1.6))
+    y = np.arange(len(rows))[::-1]
+    diff = np.array([r["diff"] for r in rows])
+    low = np.array([r["diff_ci_low"] for r in rows])
+    high = np.array([r["diff_ci_high"] for r in rows])
+    ax.errorbar(diff, y, xerr=[diff - low, high - diff], fmt="o", capsize=3, color="black")
+    ax.axvline(0.0, color="grey", lw=1, ls="--")
+    ax.set_yticks(y, [r["loss"] for r in rows])
+    ax.set_xlabel("difference to the reference, Dice points (95% CI)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_rank_blobs(
+    labels: Sequence[str], rank_probs: Sequence[Sequence[float]], path: str | Path, title: str
+) -> Path:
+    """Blob plot: for each row (x) a disc at each rank (y, 1 on top) with area proportional to
+    the bootstrap probability of that rank, and the median rank marked.
+
+    Raises:
+        ValueError: no rows, or a probability row whose length is not the number of rows.
+    """
+    n = len(labels)
+    probs = np.asarray(rank_probs, dtype=float)
+    if n == 0 or probs.shape != (n, n):
+        raise ValueError(f"Expected a {n} x {n} table of rank probabilities, got {probs.shape}")
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * n + 1.5), 3.6))
+    for i in range(n):
+        ranks = np.arange(1, n + 1)
+        keep = probs[i] > 0
+        ax.scatter(
+            np.full(keep.sum(), i), ranks[keep], s=600 * probs[i][keep], color="tab:blue",
+            alpha=0.6,
+        )  # fmt: skip
+        median = int(np.searchsorted(np.cumsum(probs[i]), 0.5) + 1)
+        ax.scatter([i], [median], marker="x", color="black", zorder=3)
+    ax.set_xticks(range(n), labels, rotation=30, ha="right")
+    ax.set_yticks(range(1, n + 1))
+    ax.set_ylim(n + 0.6, 0.4)
+    ax.set_ylabel("rank (bootstrap)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
