@@ -17,11 +17,14 @@ from lightning_app.checkpoints import CheckpointOnTerminate
 
 
 class HoldForSignal(L.Callback):
-    def __init__(self, step: int, ready: str, timeout: float = 120.0) -> None:
-        self.step, self.ready, self.timeout = step, Path(ready), timeout
+    """Args: ``step``: the global step to hold at; ``ready``: the file to touch then;
+    ``only``: hold only in runs whose directory name holds this text (every run if empty)."""
+
+    def __init__(self, step: int, ready: str, only: str = "", timeout: float = 120.0) -> None:
+        self.step, self.ready, self.only, self.timeout = step, Path(ready), only, timeout
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.global_step != self.step:
+        if trainer.global_step != self.step or self.only not in Path(trainer.default_root_dir).name:
             return
         (terminate,) = [cb for cb in trainer.callbacks if isinstance(cb, CheckpointOnTerminate)]
         self.ready.touch()
