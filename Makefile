@@ -30,16 +30,26 @@ NO_WAIT ?=
 OPTS    ?=
 LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(JOBS),--jobs $(JOBS)) $(if $(RUNS_PER_GPU),--runs-per-gpu $(RUNS_PER_GPU)) $(if $(SBATCH),--sbatch='$(SBATCH)') $(if $(NO_WAIT),--no-wait) $(OPTS)
 
-# eval / predict: CKPT=last (default) takes the newest logs/$(DATASET)/$(LOSS)/*/checkpoints/last.ckpt;
-# the run's config.yaml next to the checkpoint's folder gives the dataset (else base + data + experiment + loss configs)
-RUN_CKPT   = $(if $(filter last,$(CKPT)),$(firstword $(shell ls -t logs/$(DATASET)/$(LOSS)/*/checkpoints/last.ckpt 2>/dev/null)),$(CKPT))
-RUN_CONFIG = $(abspath $(dir $(RUN_CKPT))../config.yaml)
-EVAL_CONFIGS = $(if $(wildcard $(RUN_CONFIG)),--config $(RUN_CONFIG),--config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml)
+# eval / predict: CKPT=last (default) takes the newest finished run of logs/$(DATASET)/$(LOSS)/
+# (its fit_complete.json; unfinished runs are skipped with a line), CKPT=<path> a given .ckpt;
+# both are checked to be complete files. The run's config.yaml next to the checkpoint's folder
+# gives the dataset (else base + data + experiment + loss configs).
+CHOOSE_CKPT  = $(PY) -m lightning_app.finished_runs --ckpt '$(CKPT)' --logs logs/$(DATASET)/$(LOSS)
+BASE_CONFIGS = --config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml
+RUN_CONFIGS  = cfg="$$(dirname "$$(dirname "$$ckpt")")/config.yaml"; \
+	if [ -f "$$cfg" ]; then configs="--config $$cfg"; else configs="$(BASE_CONFIGS)"; fi
+
+# LOSS=, LOSSES= and DATASET= must name files of configs/loss/ and configs/data/
+LOSS_NAMES    = $(sort $(basename $(notdir $(wildcard configs/loss/*.yaml))))
+DATASET_NAMES = $(sort $(basename $(notdir $(wildcard configs/data/*.yaml))))
+check-loss    = $(if $(filter-out $(LOSS_NAMES),$(1)),$(error unknown LOSS '$(filter-out $(LOSS_NAMES),$(1))'; valid names: $(LOSS_NAMES)))
+check-dataset = $(if $(filter-out $(DATASET_NAMES),$(DATASET)),$(error unknown DATASET '$(DATASET)'; valid names: $(DATASET_NAMES)))
 
 .PHONY: help install test test-full test-slurm lint format train eval predict phantom-nifti compare sweep-k bench bench-losses bench-data bench-train bench-eval bench-grid clean
 
 help: ## List every target with its description
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
+	grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-14s%s %s\n", on, $$1, off, $$2}'
 	@echo ""
 	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) EXPERIMENT=$(EXPERIMENT) CKPT=$(CKPT) SEEDS=$(SEEDS) LOSSES='$(LOSSES)' K='$(K)'"
 	@echo "           INPUT= OUTPUT=$(OUTPUT) ARGS='<Lightning CLI overrides>'"
@@ -73,23 +83,30 @@ format: $(STAMP) ## Format with ruff
 	$(VENV)/bin/ruff format .
 
 train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom [EXPERIMENT=phantom] ARGS="--trainer.max_epochs=5"
+	@: $(call check-loss,$(LOSS)) $(check-dataset)
 	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml $(ARGS)
 
 eval: $(STAMP) ## Test a checkpoint (per_case.csv, summary.md, W&B): make eval CKPT=<run>/checkpoints/<file>.ckpt [ARGS="--model.test_protocol=transunet"]
-	@test -f "$(RUN_CKPT)" || { echo "make eval: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>, or train first for CKPT=last)" >&2; exit 2; }
-	$(PY) -m lightning_app test $(EVAL_CONFIGS) --ckpt_path $(RUN_CKPT) --trainer.default_root_dir=null $(ARGS)
+	@: $(call check-loss,$(LOSS)) $(check-dataset)
+	@ckpt="$$($(CHOOSE_CKPT) --for eval)" || exit 2; $(RUN_CONFIGS); \
+	cmd="$(PY) -m lightning_app test $$configs --ckpt_path $$ckpt --trainer.default_root_dir=null $(ARGS)"; \
+	echo "$$cmd"; exec $$cmd
 
 predict: $(STAMP) ## Segment NIfTI volumes: make predict CKPT=<.ckpt> INPUT=<.nii.gz file or folder> OUTPUT=<folder>
-	@test -f "$(RUN_CKPT)" || { echo "make predict: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>)" >&2; exit 2; }
-	$(PY) -m lightning_app.predict --ckpt $(RUN_CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
+	@: $(call check-loss,$(LOSS)) $(check-dataset)
+	@ckpt="$$($(CHOOSE_CKPT) --for predict)" || exit 2; \
+	cmd="$(PY) -m lightning_app.predict --ckpt $$ckpt --input $(INPUT) --output $(OUTPUT) $(ARGS)"; \
+	echo "$$cmd"; exec $$cmd
 
 phantom-nifti: $(STAMP) ## Export the phantom's test volumes as NIfTI (data/phantom-nifti/{images,labels}/) to try make predict
 	$(PY) scripts/phantom_nifti.py --config configs/data/phantom.yaml --output data/phantom-nifti
 
 compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice" [REFERENCE=ce_dice] [LAUNCHER=local JOBS=2 | LAUNCHER=slurm SBATCH="--gres=gpu:1"]
+	@: $(call check-loss,$(LOSSES)) $(check-dataset)
 	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(REFERENCE),--reference "$(REFERENCE)") $(LAUNCH_OPTS) -- $(ARGS)
 
 sweep-k: $(STAMP) ## CE + topK-Dice for each K; results/$(DATASET)/sweep_k.md: make sweep-k K="5 10 20 50 100"
+	@: $(check-dataset)
 	$(PY) -m lightning_app.compare sweep-k --dataset $(DATASET) --k $(K) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(REFERENCE),--reference "$(REFERENCE)") $(LAUNCH_OPTS) -- $(ARGS)
 
 bench: $(STAMP) ## Run every bench-* script (scripts/bench_*.py) and write one report, results/bench.md

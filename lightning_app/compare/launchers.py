@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lightning_app.compare.per_case import read_per_case_csv
+from lightning_app.compare.interrupt import STOP, Interrupted, stop_on_interrupt
 from lightning_app.compare.plan import PER_CASE_FILE, Comparison, Runner, RunSpec
 from lightning_app.compare.report import write_outputs
 from lightning_app.compare.runs import (
@@ -185,6 +186,9 @@ class LocalPool:
 
         def one(spec: RunSpec) -> None:
             slot = free.get()
+            if STOP.is_set():  # Ctrl-C: no new run
+                free.put(slot)
+                return
             try:
                 execute_run(
                     spec,
@@ -195,6 +199,11 @@ class LocalPool:
                     slots[slot],
                 )
             except (RuntimeError, FileNotFoundError) as err:
+                if STOP.is_set():
+                    log(
+                        f"[slot {slot}] {spec.name}: interrupted (log {spec.run_dir / 'compare.log'})"
+                    )
+                    return
                 with lock:
                     failures.append(str(err))
                 log(f"[slot {slot}] {spec.name}: FAILED (log {spec.run_dir / 'compare.log'})")
@@ -247,21 +256,37 @@ def run_comparison(
             if state != "done":
                 log(f"  {comparison.python} -m lightning_app fit {' '.join(spec.args)}")
         return {}
-    failures: list[str] = []
-    if not report_only:
-        if launcher is None:
-            for i, spec in enumerate(specs, start=1):
-                log(f"[{i}/{len(specs)}] {spec.entry.label}, seed {spec.seed}")
-                _execute(comparison, spec, runner, log)
-        else:
-            result = launcher.launch(comparison, specs, runner, log)
-            if result.waiting:
-                log(
-                    f"{len(result.waiting)} job(s) queued ({' '.join(result.waiting)}); run the "
-                    "same command again to follow them and write the table"
-                )
-                return {}
-            failures = result.failures
+    with stop_on_interrupt() as stop:
+        failures: list[str] = []
+        if not report_only:
+            if launcher is None:
+                for i, spec in enumerate(specs, start=1):
+                    if stop.is_set():
+                        break
+                    log(f"[{i}/{len(specs)}] {spec.entry.label}, seed {spec.seed}")
+                    try:
+                        _execute(comparison, spec, runner, log)
+                    except (RuntimeError, FileNotFoundError):
+                        if not stop.is_set():
+                            raise
+                        log(f"  {spec.name}: interrupted (log {spec.run_dir / 'compare.log'})")
+            else:
+                result = launcher.launch(comparison, specs, runner, log)
+                if result.waiting and not stop.is_set():
+                    log(
+                        f"{len(result.waiting)} job(s) queued ({' '.join(result.waiting)}); run "
+                        "the same command again to follow them and write the table"
+                    )
+                    return {}
+                failures = result.failures
+        if stop.is_set():
+            _report_interrupted(comparison, specs, log)
+        return _report(comparison, specs, failures, log)
+
+
+def _finished_runs(
+    specs: Sequence[RunSpec], log: Callable[[str], None]
+) -> list[tuple[RunSpec, object]]:
     finished = []
     for spec in specs:
         path = find_per_case_csv(spec.run_dir)
@@ -269,6 +294,35 @@ def run_comparison(
             log(f"  missing: {spec.name} (not finished)")
             continue
         finished.append((spec, read_per_case_csv(path)))
+    return finished
+
+
+def _report_interrupted(
+    comparison: Comparison, specs: Sequence[RunSpec], log: Callable[[str], None]
+) -> None:
+    """After Ctrl-C: the table of the runs finished so far (marked incomplete), the command
+    that resumes the grid, then :class:`Interrupted` (exit 130)."""
+    finished = _finished_runs(specs, log)
+    if finished:
+        paths = write_outputs(comparison, finished, log=log)
+        log(f"\nINCOMPLETE ({len(finished)} of {len(specs)} runs finished): {paths['markdown']}")
+        log(paths["markdown"].read_text())
+    else:
+        log(f"\nINCOMPLETE: none of the {len(specs)} runs finished; no table")
+    log(
+        "Interrupted. To resume (finished runs are skipped, stopped runs continue from their "
+        f"checkpoints), run the same command again: {comparison.command}"
+    )
+    raise Interrupted()
+
+
+def _report(
+    comparison: Comparison,
+    specs: Sequence[RunSpec],
+    failures: list[str],
+    log: Callable[[str], None],
+) -> dict[str, Path]:
+    finished = _finished_runs(specs, log)
     if not finished:
         if failures:
             raise RuntimeError(_failure_summary(failures))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from datamodules.atomic import atomic_write_text
 from lightning_app.checkpoints import resume_checkpoint
+from lightning_app.compare.interrupt import run_child
 from lightning_app.compare.plan import (
     FIT_DONE,
     PER_CASE_FILE,
@@ -69,12 +70,9 @@ def _test_checkpoint(run_dir: Path, which: str) -> Path:
 
 
 def subprocess_runner(cmd: list[str], log_path: Path, env: dict[str, str]) -> int:
-    """Run ``cmd``, appending its stdout and stderr to ``log_path``; return the exit status."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a") as log:
-        log.write(f"\n$ {' '.join(cmd)}\n")
-        log.flush()
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    """Run ``cmd``, appending its stdout and stderr to ``log_path``; return the exit status.
+    A Ctrl-C of the grid sends it SIGTERM and waits for it (:mod:`lightning_app.compare.interrupt`)."""
+    return run_child(cmd, log_path, env)
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -134,7 +132,7 @@ def execute_run(
             raise RuntimeError(
                 f"Fit of {spec.name} failed; log {log_path}, last lines:\n{_tail(log_path)}"
             )
-        (spec.run_dir / FIT_DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        atomic_write_text(spec.run_dir / FIT_DONE, time.strftime("%Y-%m-%d %H:%M:%S\n"))
         log(f"  {spec.name}: fit done in {time.monotonic() - start:.0f} s")
     ckpt = _test_checkpoint(spec.run_dir, test_ckpt)
     start = time.monotonic()

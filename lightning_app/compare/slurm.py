@@ -10,7 +10,8 @@ requeues), the fit's and test's to ``<run dir>/compare.log``.
 The launcher only needs ``sbatch`` and ``squeue`` on PATH (no accounting database): a job that
 left the queue is done when its run has ``per_case.csv``, else failed. The job id of each run is
 kept in ``runs/slurm/<run name>.jobid``, so the same command run again follows jobs still queued,
-tabulates what finished, and resubmits what failed or never ran.
+tabulates what finished, and resubmits what failed or never ran. Ctrl-C submits nothing more,
+cancels the pending jobs and sends SIGTERM to the running ones, then waits for them to save.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_app.compare.interrupt import STOP
 from lightning_app.compare.launchers import LaunchResult, prepare_once
 from lightning_app.compare.plan import Comparison, Runner, RunSpec
 from lightning_app.compare.runs import find_per_case_csv, run_state, spec_to_json
@@ -141,6 +143,8 @@ class SlurmLauncher:
         if fresh:
             prepare_once(comparison, fresh, runner, log)
         for spec in fresh:
+            if STOP.is_set():  # Ctrl-C: submit nothing more
+                break
             job = self._submit(comparison, spec, jobs_dir)
             jobs[spec.name] = job
             log(f"slurm: submitted {spec.name}: job {job}")
@@ -158,6 +162,7 @@ class SlurmLauncher:
         by_name = {s.name: s for s in specs}
         shown = ""
         last_shown = 0.0
+        signalled = False
         while True:
             states = queue_states(list(jobs.values()))
             groups: dict[str, list[str]] = {"pending": [], "running": [], "done": [], "failed": []}
@@ -178,7 +183,13 @@ class SlurmLauncher:
                 shown, last_shown = line, time.monotonic()
             if not groups["pending"] and not groups["running"]:
                 break
-            time.sleep(self.poll_seconds)
+            if STOP.is_set() and not signalled:
+                _stop_jobs(groups["pending"], groups["running"], log)
+                signalled = True
+            if signalled:
+                time.sleep(min(self.poll_seconds, 2.0))  # interrupted: follow the jobs closely
+            else:
+                STOP.wait(self.poll_seconds)  # a Ctrl-C ends the wait
         failures = []
         for name, job in jobs.items():
             if job in groups["failed"]:
@@ -190,6 +201,17 @@ class SlurmLauncher:
                     f"run output: {by_name[name].run_dir / 'compare.log'}"
                 )
         return LaunchResult(failures=failures)
+
+
+def _stop_jobs(pending: list[str], running: list[str], log: Callable[[str], None]) -> None:
+    """Ctrl-C: cancel the jobs not started; send SIGTERM to every process of the running ones
+    (``scancel --signal=TERM --full``), whose fits then save their checkpoints and exit."""
+    if pending:
+        subprocess.run(["scancel", *pending], capture_output=True)
+        log(f"slurm: cancelled the pending jobs {' '.join(pending)}")
+    if running:
+        subprocess.run(["scancel", "--signal=TERM", "--full", *running], capture_output=True)
+        log(f"slurm: sent SIGTERM to the running jobs {' '.join(running)}; waiting for them")
 
 
 def _tail_lines(path: Path, n: int) -> str:
