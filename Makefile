@@ -10,6 +10,7 @@ STAMP  := $(VENV)/.install-stamp
 LOSS    ?= ce_topk_dice
 DATASET ?= phantom
 ARGS    ?=
+DATA    ?=
 CKPT    ?= last
 SEEDS   ?=
 LOSSES  ?= ce ce_dice focal_dice topk_ce_dice ce_topk_dice
@@ -69,8 +70,8 @@ format: $(STAMP) ## Format with ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom ARGS="--trainer.max_epochs=5"
-	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml $(ARGS)
+train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom ARGS="--trainer.max_epochs=5" (or DATA=<nnU-Net/MSD dataset folder>)
+	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(if $(DATA),nnunet,$(DATASET)).yaml --config configs/loss/$(LOSS).yaml $(if $(DATA),--data.raw_dir=$(DATA)) $(ARGS)
 
 eval: $(STAMP) ## Test a checkpoint (per_case.csv, summary.md, W&B): make eval CKPT=<run>/checkpoints/<file>.ckpt [ARGS="--model.test_protocol=transunet"]
 	@test -f "$(RUN_CKPT)" || { echo "make eval: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>, or train first for CKPT=last)" >&2; exit 2; }
@@ -80,8 +81,8 @@ predict: $(STAMP) ## Segment NIfTI volumes: make predict CKPT=<.ckpt> INPUT=<.ni
 	@test -f "$(RUN_CKPT)" || { echo "make predict: no checkpoint '$(CKPT)' (give CKPT=<path to .ckpt>)" >&2; exit 2; }
 	$(PY) -m lightning_app.predict --ckpt $(RUN_CKPT) --input $(INPUT) --output $(OUTPUT) $(ARGS)
 
-phantom-nifti: $(STAMP) ## Export the phantom's test volumes as NIfTI (data/phantom-nifti/{images,labels}/) to try make predict
-	$(PY) scripts/phantom_nifti.py --config configs/data/phantom.yaml --output data/phantom-nifti
+phantom-nifti: $(STAMP) ## Export the phantom as NIfTI: test volumes in data/phantom-nifti/{images,labels}/, all as the nnU-Net dataset data/nnUNet_raw/Dataset900_Phantom
+	$(PY) scripts/phantom_nifti.py --config configs/data/phantom.yaml --output data/phantom-nifti --nnunet-output data/nnUNet_raw
 
 compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice" [LAUNCHER=local JOBS=2 | LAUNCHER=slurm SBATCH="--gres=gpu:1"]
 	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) $(LAUNCH_OPTS) -- $(ARGS)
