@@ -106,19 +106,47 @@ class NNUNetDataModule(SliceDataModule):
         )
         self.fold = fold
         self.splits_file = None if splits_file is None else Path(splits_file)
-        info = read_dataset_json(self.raw_dir)
-        self.dataset_name = info.name
-        self.class_names = list(info.class_names)
-        self.channel_names = list(info.channel_names)
+        meta = self._dataset_meta()
+        self.dataset_name = meta["dataset"]
+        self.class_names = list(meta["class_names"])
+        self.channel_names = list(meta["channel_names"])
         self.num_classes = len(self.class_names)
         self.in_channels = len(self.channel_names)
         #: the losses' ``ignore_index`` (the ``ignore`` label's value), or None
-        self.ignore_index: int | None = info.ignore_label
-        self.file_ending = info.file_ending
+        self.ignore_index: int | None = meta["ignore_index"]
+        self.file_ending: str = meta["file_ending"]
         self.val_cases: list[str] = []
         # foreground samples of the CT channels, collected while prepare_data runs
         self._samples: dict[int, list[np.ndarray]] | None = None
         self._sampled: set[str] = set()
+
+    def _dataset_meta(self) -> dict[str, Any]:
+        """Names, channels, ignore label and file ending from ``dataset.json``; without it,
+        from prepared split files in ``data_dir`` (evaluation needs no raw data)."""
+        try:
+            info = read_dataset_json(self.raw_dir)
+        except DatasetError:
+            for split in SPLITS:
+                try:
+                    with h5py.File(self.split_path(split), "r") as f:
+                        ignore = int(f.attrs["ignore_index"])
+                        return {
+                            "dataset": str(f.attrs["dataset"]),
+                            "class_names": json.loads(f.attrs["class_names"]),
+                            "channel_names": json.loads(f.attrs["channel_names"]),
+                            "ignore_index": None if ignore < 0 else ignore,
+                            "file_ending": str(f.attrs["file_ending"]),
+                        }
+                except (OSError, KeyError):
+                    continue
+            raise
+        return {
+            "dataset": info.name,
+            "class_names": info.class_names,
+            "channel_names": info.channel_names,
+            "ignore_index": info.ignore_label,
+            "file_ending": info.file_ending,
+        }
 
     # ---------------------------------------------------------------- plan
     def _info(self) -> DatasetInfo:
@@ -269,6 +297,7 @@ class NNUNetDataModule(SliceDataModule):
         for split in SPLITS:
             with h5py.File(self.split_path(split).with_name(f"{split}.h5.tmp"), "a") as f:
                 f.attrs["fold"] = str(self.fold)
+                f.attrs["file_ending"] = self.file_ending
                 f.attrs["ignore_index"] = -1 if self.ignore_index is None else self.ignore_index
                 f.attrs["intensity_statistics"] = json.dumps(stats)
                 for case_id in f if ct else ():

@@ -93,9 +93,13 @@ def _snake(name: str) -> str:
 
 def dataset_name(cfg: Namespace) -> str:
     """``data.class_path`` ``datamodules.PhantomDataModule`` -> ``phantom``
-    (``ACDCDataModule -> acdc``, ``MSSEG2DataModule -> msseg2``)."""
-    name = _class_name(getattr(cfg.get("data") or Namespace(), "class_path", None))
-    name = re.sub(r"_?DataModule$", "", name)
+    (``ACDCDataModule -> acdc``, ``MSSEG2DataModule -> msseg2``); an nnU-Net dataset is named
+    by its folder (``--data.raw_dir=.../Dataset900_Phantom`` -> ``Dataset900_Phantom``)."""
+    data = cfg.get("data") or Namespace()
+    name = re.sub(r"_?DataModule$", "", _class_name(getattr(data, "class_path", None)))
+    raw_dir = (getattr(data, "init_args", None) or Namespace()).get("raw_dir")
+    if name == "NNUNet" and raw_dir:
+        return Path(str(raw_dir)).resolve().name
     return name.lower() or "data"
 
 
@@ -116,6 +120,11 @@ def loss_name(cfg: Namespace) -> str:
     loss = (cfg.get("model") or Namespace()).get("loss")
     name = _class_name(getattr(loss, "class_path", None))
     return _snake(name) if name else "loss"
+
+
+def _ignore_index(datamodule: Any) -> int | None:
+    """The datamodule's ignore label (``NNUNetDataModule``), else ``None``."""
+    return getattr(datamodule, "ignore_index", None)
 
 
 def _env_rank() -> int:
@@ -228,6 +237,7 @@ class SegmentationCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attr in ("num_classes", "class_names", "in_channels", "image_size"):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+        parser.link_arguments("data", "model.ignore_index", _ignore_index, apply_on="instantiate")
         # always-on test report (per_case.csv, summary.md): --report.save_predictions=true
         parser.add_lightning_class_args(TestReport, "report")
         parser.add_argument(
