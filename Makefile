@@ -14,6 +14,11 @@ DATASET ?= phantom
 EXPERIMENT ?= $(if $(wildcard configs/experiment/$(DATASET).yaml),$(DATASET))
 EXPERIMENT_CONFIG = $(if $(EXPERIMENT),--config configs/experiment/$(EXPERIMENT).yaml)
 ARGS    ?=
+DATA    ?=
+# DATA=<DatasetXXX_Name or TaskXX_Name folder>: the nnU-Net / MSD datamodule on that folder
+ifneq ($(DATA),)
+override DATASET := nnunet
+endif
 CKPT    ?= last
 SEEDS   ?=
 LOSSES  ?= ce ce_dice focal_dice topk_ce_dice ce_topk_dice
@@ -82,9 +87,9 @@ format: $(STAMP) ## Format with ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom [EXPERIMENT=phantom] ARGS="--trainer.max_epochs=5"
+train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom [EXPERIMENT=phantom] ARGS="--trainer.max_epochs=5" (or DATA=<nnU-Net/MSD dataset folder>)
 	@: $(call check-loss,$(LOSS)) $(check-dataset)
-	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml $(ARGS)
+	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml $(if $(DATA),--data.raw_dir=$(DATA)) $(ARGS)
 
 eval: $(STAMP) ## Test a checkpoint (per_case.csv, summary.md, W&B): make eval CKPT=<run>/checkpoints/<file>.ckpt [ARGS="--model.test_protocol=transunet"]
 	@: $(call check-loss,$(LOSS)) $(check-dataset)
@@ -98,8 +103,8 @@ predict: $(STAMP) ## Segment NIfTI volumes: make predict CKPT=<.ckpt> INPUT=<.ni
 	cmd="$(PY) -m lightning_app.predict --ckpt $$ckpt --input $(INPUT) --output $(OUTPUT) $(ARGS)"; \
 	echo "$$cmd"; exec $$cmd
 
-phantom-nifti: $(STAMP) ## Export the phantom's test volumes as NIfTI (data/phantom-nifti/{images,labels}/) to try make predict
-	$(PY) scripts/phantom_nifti.py --config configs/data/phantom.yaml --output data/phantom-nifti
+phantom-nifti: $(STAMP) ## Export the phantom as NIfTI: test volumes in data/phantom-nifti/{images,labels}/, all as the nnU-Net dataset data/nnUNet_raw/Dataset900_Phantom
+	$(PY) scripts/phantom_nifti.py --config configs/data/phantom.yaml --output data/phantom-nifti --nnunet-output data/nnUNet_raw
 
 compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice" [REFERENCE=ce_dice] [LAUNCHER=local JOBS=2 | LAUNCHER=slurm SBATCH="--gres=gpu:1"]
 	@: $(call check-loss,$(LOSSES)) $(check-dataset)

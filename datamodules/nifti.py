@@ -108,18 +108,21 @@ def _ornt_to_canonical(affine: np.ndarray, slice_axis: str = "superior") -> np.n
 
     ``slice_axis="superior"``: nibabel's closest canonical RAS+. ``"acquisition"``: the raw
     third voxel axis (the acquired slice stack, e.g. oblique cardiac short-axis) stays last;
-    the two in-plane axes keep their closest-canonical order and directions.
+    the two in-plane axes keep their closest-canonical order and directions. ``"voxel0"`` /
+    ``"voxel1"``: the same with the raw first / second voxel axis as the slice stack.
     """
-    if slice_axis not in ("superior", "acquisition"):
+    stack = {"acquisition": 2, "voxel0": 0, "voxel1": 1}.get(slice_axis)
+    if slice_axis != "superior" and stack is None:
         raise ValueError(
-            f"Expected argument `slice_axis` to be 'superior' or 'acquisition', got {slice_axis!r}"
+            "Expected argument `slice_axis` to be 'superior', 'acquisition', 'voxel0' or "
+            f"'voxel1', got {slice_axis!r}"
         )
     ornt = ornt_transform(io_orientation(affine), _RAS)
-    if slice_axis == "acquisition":
+    if stack is not None:
         ornt = ornt.copy()
-        in_plane = ornt[:2, 0]
-        ornt[:2, 0] = np.argsort(np.argsort(in_plane))
-        ornt[2, 0] = 2
+        in_plane = [axis for axis in range(3) if axis != stack]
+        ornt[in_plane, 0] = np.argsort(np.argsort(ornt[in_plane, 0]))
+        ornt[stack, 0] = 2
     return ornt
 
 

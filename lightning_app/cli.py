@@ -45,6 +45,11 @@ __all__ = ["SegmentationCLI", "check_batch_norm_batch_size", "main"]
 _WANDB_LOGGERS = ("WandbLogger",)
 
 
+def _ignore_index(datamodule: Any) -> int | None:
+    """The datamodule's ignore label (``NNUNetDataModule``), else ``None``."""
+    return getattr(datamodule, "ignore_index", None)
+
+
 def check_batch_norm_batch_size(model: nn.Module, datamodule: Any) -> None:
     """Raise before training when a network with BatchNorm would train on single samples.
 
@@ -92,6 +97,7 @@ class SegmentationCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attr in ("num_classes", "class_names", "in_channels", "image_size"):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+        parser.link_arguments("data", "model.ignore_index", _ignore_index, apply_on="instantiate")
         # always-on test report (per_case.csv, summary.md): --report.save_predictions=true
         parser.add_lightning_class_args(TestReport, "report")
         # a loss config's row title in comparisons (configs/loss/*.yaml `name:`); unused here

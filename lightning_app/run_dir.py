@@ -48,9 +48,13 @@ def _snake(name: str) -> str:
 
 def dataset_name(cfg: Namespace) -> str:
     """``data.class_path`` ``datamodules.PhantomDataModule`` -> ``phantom``
-    (``ACDCDataModule -> acdc``, ``MSSEG2DataModule -> msseg2``)."""
-    name = class_name(getattr(cfg.get("data") or Namespace(), "class_path", None))
-    name = re.sub(r"_?DataModule$", "", name)
+    (``ACDCDataModule -> acdc``, ``MSSEG2DataModule -> msseg2``); an nnU-Net dataset is named
+    by its folder (``--data.raw_dir=.../Dataset900_Phantom`` -> ``Dataset900_Phantom``)."""
+    data = cfg.get("data") or Namespace()
+    name = re.sub(r"_?DataModule$", "", class_name(getattr(data, "class_path", None)))
+    raw_dir = (getattr(data, "init_args", None) or Namespace()).get("raw_dir")
+    if name == "NNUNet" and raw_dir:
+        return Path(str(raw_dir)).resolve().name
     return name.lower() or "data"
 
 

@@ -27,6 +27,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from losses.base import SegmentationLoss
 from models.evaluation import CaseEvaluator, TestResults
 from models.inference import predict_volume
 from models.optimization import OptimizerFactory, SchedulerFactory, configure_optimization
@@ -85,6 +86,11 @@ class SegmentationModel(L.LightningModule):
             without a datamodule), so one data setting drives training and test.
         inference_batch_size: slices per forward pass at test time under the ``default``
             protocol (memory knob; ``transunet`` forwards one slice at a time, as TransUNet).
+        ignore_index: label value of unannotated pixels (linked from the datamodule; nnU-Net's
+            ``ignore`` label), or ``None``. It becomes the ``ignore_index`` of every loss term
+            of the ``losses`` package, and its pixels are left out of every metric: they count
+            as background in both prediction and target, so foreground scores and HD95 never
+            see them.
 
     ``test_protocol`` and ``inference_batch_size`` are evaluation settings, not saved in the
     checkpoint's hyperparameters, so ``test --ckpt_path ... --model.test_protocol=transunet``
@@ -112,6 +118,7 @@ class SegmentationModel(L.LightningModule):
         image_size: int | None = None,
         test_protocol: Literal["default", "transunet"] | None = None,
         inference_batch_size: int = 32,
+        ignore_index: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(loss, nn.Module):
@@ -167,6 +174,7 @@ class SegmentationModel(L.LightningModule):
             classes=num_classes,
             **(model_kwargs or {}),
         )
+        self.ignore_index = _apply_ignore_index(loss, ignore_index, num_classes)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -292,7 +300,7 @@ class SegmentationModel(L.LightningModule):
         logits = self(image)
         loss = self._criterion(logits, target)
         self.log("val/loss", loss, sync_dist=True, batch_size=image.shape[0])
-        self.val_scores.update(logits.argmax(dim=1), target)
+        self.val_scores.update(*self._without_ignored(logits.argmax(dim=1), target))
         # returned for callbacks (image panels, hard-pixel maps); not stored by Lightning
         return {"logits": logits.detach()}
 
@@ -306,6 +314,15 @@ class SegmentationModel(L.LightningModule):
             self.log(
                 f"val/{metric}/mean", scores[f"{metric}_mean"].float(), prog_bar=metric == "dice"
             )
+
+    def _without_ignored(
+        self, pred: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pred, target)`` with the ``ignore_index`` pixels set to background in both."""
+        if self.ignore_index is None:
+            return pred, target
+        ignored = target == self.ignore_index
+        return pred.masked_fill(ignored, 0), target.masked_fill(ignored, 0)
 
     # ------------------------------------------------------------------ test
     def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
@@ -335,8 +352,9 @@ class SegmentationModel(L.LightningModule):
                 f"{tuple(image.shape)}"
             )
         pred = self.predict_volume(image[0])
+        scored, label = self._without_ignored(pred, batch["label"][0])
         self.test_evaluator.update(
-            pred, batch["label"][0], batch["spacing"][0], batch["case"][0], int(batch["index"][0])
+            scored, label, batch["spacing"][0], batch["case"][0], int(batch["index"][0])
         )
         return {"pred": pred}
 
@@ -370,6 +388,30 @@ class SegmentationModel(L.LightningModule):
             self.scheduler_factory,
             self.trainer.estimated_stepping_batches,
         )
+
+
+def _apply_ignore_index(loss: nn.Module, ignore_index: int | None, num_classes: int) -> int | None:
+    """Set ``ignore_index`` on every ``losses.SegmentationLoss`` inside ``loss``."""
+    if ignore_index is None:
+        return None
+    if (
+        isinstance(ignore_index, bool)
+        or not isinstance(ignore_index, int)
+        or (0 <= ignore_index < num_classes)
+    ):
+        raise ValueError(
+            f"Expected argument `ignore_index` to be None or an int outside [0, {num_classes}), "
+            f"but got {ignore_index!r}"
+        )
+    for module in loss.modules():
+        if isinstance(module, SegmentationLoss):
+            if module.ignore_index not in (None, ignore_index):
+                raise ValueError(
+                    f"The loss {type(module).__name__} has ignore_index={module.ignore_index}, "
+                    f"but the dataset's ignore label is {ignore_index}"
+                )
+            module.ignore_index = ignore_index
+    return ignore_index
 
 
 def _smp_archs() -> list[str]:

@@ -9,14 +9,21 @@
 with the phantom's voxel spacing in a diagonal RAS affine (qform and sform code 1, scanner
 coordinates), so ``make predict INPUT=data/phantom-nifti/images`` reads them as it reads any
 scan. The volumes are drawn exactly as ``prepare_data`` draws them (same seed and case number).
+
+With ``--nnunet-output data/nnUNet_raw`` it also writes the whole phantom as the nnU-Net v2
+dataset ``Dataset900_Phantom`` (``dataset.json``; ``imagesTr/phantomNNN_0000.nii.gz`` and
+``labelsTr/`` hold the train and validation volumes, ``imagesTs/`` and ``labelsTs/`` the test
+volumes; one ``noNorm`` channel, so ``DATASET=nnunet`` sees the phantom's own intensities).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -51,29 +58,65 @@ def export_phantom_nifti(
     if split not in plan:
         raise ValueError(f"Expected argument `split` to be one of {sorted(plan)}, got {split!r}")
     out = Path(output)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
+    return [
+        _write_case(dm, spec.case_id, out / "images", out / "labels", "") for spec in plan[split]
+    ]
+
+
+def _write_case(
+    dm: Any, case_id: str, images: Path, labels: Path, suffix: str
+) -> tuple[Path, Path]:
+    """Draw one phantom case and write ``images/<case><suffix>.nii.gz`` and its label."""
+    number = int(case_id.removeprefix("phantom"))
+    image, label = generate_phantom(
+        np.random.default_rng([dm.seed, number]),
+        shape=dm.volume_shape,
+        spacing=dm.spacing,
+        **{k: getattr(dm, k) for k in _KNOBS},
+    )
     sd, sh, sw = dm.spacing
     affine = np.diag([sw, sh, sd, 1.0])  # voxel (x, y, z) = (W, H, D) -> RAS mm
-    written = []
-    for spec in plan[split]:
-        number = int(spec.case_id.removeprefix("phantom"))
-        image, label = generate_phantom(
-            np.random.default_rng([dm.seed, number]),
-            shape=dm.volume_shape,
-            spacing=dm.spacing,
-            **{k: getattr(dm, k) for k in _KNOBS},
-        )
-        pair = []
-        for kind, volume in (("images", image.astype(np.float32)), ("labels", label)):
-            nifti = nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)), affine)
-            nifti.set_qform(affine, code=1)
-            nifti.set_sform(affine, code=1)
-            path = out / kind / f"{spec.case_id}.nii.gz"
-            nib.save(nifti, str(path))
-            pair.append(path)
-        written.append((pair[0], pair[1]))
-    return written
+    pair = []
+    for folder, name, volume in (
+        (images, f"{case_id}{suffix}.nii.gz", image.astype(np.float32)),
+        (labels, f"{case_id}.nii.gz", label),
+    ):
+        folder.mkdir(parents=True, exist_ok=True)
+        nifti = nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)), affine)
+        nifti.set_qform(affine, code=1)
+        nifti.set_sform(affine, code=1)
+        nib.save(nifti, str(folder / name))
+        pair.append(folder / name)
+    return pair[0], pair[1]
+
+
+def export_phantom_nnunet(init_args: dict, output: str | Path) -> Path:
+    """Write the phantom as the nnU-Net v2 dataset ``<output>/Dataset900_Phantom``.
+
+    Train and validation volumes go to ``imagesTr`` / ``labelsTr``, test volumes to
+    ``imagesTs`` / ``labelsTs``; returns the dataset folder.
+    """
+    from datamodules import PhantomDataModule
+    from datamodules.phantom import PHANTOM_CLASS_NAMES
+
+    dm = PhantomDataModule(**{**init_args, "progress": False})
+    plan = dm._plan()
+    root = Path(output) / "Dataset900_Phantom"
+    training = [spec.case_id for split in ("train", "val") for spec in plan[split]]
+    for case_id in training:
+        _write_case(dm, case_id, root / "imagesTr", root / "labelsTr", "_0000")
+    for spec in plan["test"]:
+        _write_case(dm, spec.case_id, root / "imagesTs", root / "labelsTs", "_0000")
+    meta = {
+        "name": "Phantom",
+        "description": "The template's synthetic phantom (datamodules.phantom)",
+        "channel_names": {"0": "noNorm"},
+        "labels": {name: value for value, name in enumerate(PHANTOM_CLASS_NAMES)},
+        "numTraining": len(training),
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return root
 
 
 def main(argv: Sequence[str] | None = None) -> list[tuple[Path, Path]]:
@@ -81,9 +124,17 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[Path, Path]]:
     parser.add_argument("--config", default="configs/data/phantom.yaml", help="phantom config")
     parser.add_argument("--output", default="data/phantom-nifti", help="output folder")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument(
+        "--nnunet-output",
+        default=None,
+        help="also write the nnU-Net v2 dataset Dataset900_Phantom into this folder",
+    )
     args = parser.parse_args(argv)
     config = yaml.safe_load(Path(args.config).read_text())
     init_args = dict((config.get("data") or {}).get("init_args") or {})
+    if args.nnunet_output:
+        root = export_phantom_nnunet(init_args, args.nnunet_output)
+        print(f"nnU-Net v2 dataset: {root}  (try: make train DATA={root})")
     written = export_phantom_nifti(init_args, args.output, args.split)
     for image, label in written:
         print(f"{image}  (ground truth: {label})")

@@ -17,6 +17,7 @@ from lightning_app.loggers import WandbLogger, has_wandb_credentials, resolve_wa
 from lightning_app.run_dir import dataset_name, loss_name
 from models import SegmentationModel
 from tests.conftest import CONFIGS, REPO
+from tests.datamodules.nnunet_datasets import write_v2
 from tests.lightning_app.wandb_records import history_and_summary, run_meta
 
 LOSS_CONFIGS = sorted((CONFIGS / "loss").glob("*.yaml"))
@@ -58,6 +59,8 @@ def test_every_loss_config_parses(loss_cfg: Path, tiny_env: Path) -> None:
 @pytest.mark.parametrize("data_cfg", DATA_CONFIGS, ids=lambda p: p.stem)
 def test_every_data_config_parses(data_cfg: Path, tiny_env: Path) -> None:
     cfg_data = yaml.safe_load(data_cfg.read_text())["data"]
+    # the nnU-Net config reads dataset.json when built: give it a small dataset
+    raw = [f"--data.raw_dir={write_v2(tiny_env)}"] if data_cfg.stem == "nnunet" else []
     cli = SegmentationCLI(
         run=False,
         args=[
@@ -65,6 +68,7 @@ def test_every_data_config_parses(data_cfg: Path, tiny_env: Path) -> None:
             f"--config={data_cfg}",
             f"--config={CONFIGS / 'loss' / 'ce_topk_dice.yaml'}",
             f"--data.data_dir={tiny_env / 'data'}",
+            *raw,
         ],
     )
     assert type(cli.datamodule).__name__ == cfg_data["class_path"].rsplit(".", 1)[-1]
