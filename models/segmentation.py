@@ -27,7 +27,6 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from losses.base import SegmentationLoss
 from models.evaluation import CaseEvaluator, TestResults
 from models.inference import predict_volume
 from models.optimization import OptimizerFactory, SchedulerFactory, configure_optimization
@@ -391,7 +390,8 @@ class SegmentationModel(L.LightningModule):
 
 
 def _apply_ignore_index(loss: nn.Module, ignore_index: int | None, num_classes: int) -> int | None:
-    """Set ``ignore_index`` on every ``losses.SegmentationLoss`` inside ``loss``."""
+    """Set ``ignore_index`` on every (sub)module of ``loss`` that has that attribute (the
+    package's losses, or a user's loss that declares it) and leaves it None."""
     if ignore_index is None:
         return None
     if (
@@ -404,7 +404,7 @@ def _apply_ignore_index(loss: nn.Module, ignore_index: int | None, num_classes: 
             f"but got {ignore_index!r}"
         )
     for module in loss.modules():
-        if isinstance(module, SegmentationLoss):
+        if hasattr(module, "ignore_index"):
             if module.ignore_index not in (None, ignore_index):
                 raise ValueError(
                     f"The loss {type(module).__name__} has ignore_index={module.ignore_index}, "

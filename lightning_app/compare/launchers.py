@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from lightning_app.compare.per_case import read_per_case_csv
 from lightning_app.compare.interrupt import STOP, Interrupted, stop_on_interrupt
+from lightning_app.compare.per_case import read_per_case_csv
 from lightning_app.compare.plan import PER_CASE_FILE, Comparison, Runner, RunSpec
 from lightning_app.compare.report import write_outputs
 from lightning_app.compare.runs import (
