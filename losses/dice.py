@@ -114,7 +114,9 @@ class PixelwiseModulatedDiceLoss(SoftDiceLoss):
 
     Easy pixels (``p`` close to ``y``) weigh little, hard ones close to 1, so the Dice
     concentrates on the difficult pixels without a selection. ``gamma = 0`` is exactly
-    :class:`SoftDiceLoss`.
+    :class:`SoftDiceLoss`. ``m`` is ``q_c^gamma_c`` off the target class and ``(1 - q_y)^gamma_y``
+    at it (``q = stopgrad(p)``), so ``sum m p^2`` is the full sum ``sum_c q_c^gamma_c p_c^2``
+    plus a per-pixel correction at the target class: no ``(B, C, N)`` factor is built.
 
     Args:
         gamma: focusing exponent, one number or one per class (each ``>= 0``).
