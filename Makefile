@@ -123,7 +123,7 @@ bench-losses: $(STAMP) ## Time every loss preset against MONAI's DiceLoss and Di
 bench-data: $(STAMP) ## Time preprocessing of a Synapse-sized case and the training loader's slices/s (CPU)
 	$(PY) scripts/bench_data.py
 
-bench-train: $(STAMP) ## Training-loop throughput: Trainer.fit vs the bare model step on the phantom
+bench-train: $(STAMP) ## Loss share of a training step per poster preset (phantom, Synapse-sized batch; CPU); --throughput: Trainer.fit vs bare step
 	$(PY) scripts/bench_train.py
 
 bench-grid: $(STAMP) ## Wall time of a 4-run local comparison grid with JOBS=1 and JOBS=2, and their ratio

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from losses.functional import dice_loss_from_scores, soft_dice_score
+from losses.functional import (
+    class_sums,
+    dice_from_sums,
+    dice_loss_from_scores,
+    power_sum,
+    soft_dice_score,
+)
 from losses.inputs import check_ignore_index, check_non_negative, flatten_inputs
 
 
@@ -35,18 +41,6 @@ def counted_images(valid: Tensor | None, batch: bool) -> Tensor | None:
     """Bool ``(B,)``: the images that enter a per-image mean (those with a valid pixel); None
     when all do or when the sums are pooled over the batch (an empty image adds nothing)."""
     return None if valid is None or batch else valid.any(-1)
-
-
-def modulation(probs: Tensor, target: Tensor, gamma: Tensor) -> Tensor:
-    """PM Dice factor ``|y - q|^gamma`` ``(B, C, N)`` with ``q = stopgrad(p)``: ``q_c^gamma_c``
-    off the target class and ``(1 - q_y)^gamma_y`` at it (``gamma`` ``(1,)`` or ``(C,)``)."""
-    q = probs.detach()
-    gamma = gamma.to(q.dtype)
-    index = target.unsqueeze(1)  # (B, 1, N)
-    gamma_target = gamma[target].unsqueeze(1) if gamma.numel() > 1 else gamma  # (B, 1, N) or (1,)
-    at_target = (1.0 - q.gather(1, index)).pow(gamma_target)
-    off_target = q.clone() if bool((gamma == 1).all()) else q.pow(gamma.view(1, -1, 1))
-    return off_target.scatter_(1, index, at_target)
 
 
 class SoftDiceLoss(nn.Module):
@@ -120,7 +114,9 @@ class PixelwiseModulatedDiceLoss(SoftDiceLoss):
 
     Easy pixels (``p`` close to ``y``) weigh little, hard ones close to 1, so the Dice
     concentrates on the difficult pixels without a selection. ``gamma = 0`` is exactly
-    :class:`SoftDiceLoss`.
+    :class:`SoftDiceLoss`. ``m`` is ``q_c^gamma_c`` off the target class and ``(1 - q_y)^gamma_y``
+    at it (``q = stopgrad(p)``), so ``sum m p^2`` is the full sum ``sum_c q_c^gamma_c p_c^2``
+    plus a per-pixel correction at the target class: no ``(B, C, N)`` factor is built.
 
     Args:
         gamma: focusing exponent, one number or one per class (each ``>= 0``).
@@ -164,12 +160,26 @@ class PixelwiseModulatedDiceLoss(SoftDiceLoss):
             )
         with torch.autocast(logits.device.type, enabled=False):
             probs = logits.softmax(1)
-            with torch.no_grad():
-                factor = modulation(probs, target, self.gamma)
+            p_target = probs.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, N)
+            with torch.no_grad():  # the factor m, off and at each pixel's target class
+                q, q_target = probs.detach(), p_target.detach()
+                gamma = self.gamma.to(q.dtype)
+                gamma_target = gamma[target] if self.per_class else gamma  # (B, N) or (1,)
+                plain = bool((gamma == 1).all())
+                m_off = q if plain else q.pow(gamma.view(1, -1, 1))  # q_c^gamma_c, (B, C, N)
+                m_off_target = q_target if plain else q_target.pow(gamma_target)
+                m_target = (1.0 - q_target).pow(gamma_target)  # (1 - q_y)^gamma_y, (B, N)
                 if valid is not None:
-                    factor = factor * valid.unsqueeze(1)
-            scores = soft_dice_score(
-                probs, target, factor, smooth=self.smooth, squared=self.squared, batch=self.batch
+                    m_off = m_off * valid.unsqueeze(1)
+                    m_off_target, m_target = m_off_target * valid, m_target * valid
+            # sum m p^2: the full sum with m_off, corrected at the target class
+            power_target = p_target * p_target if self.squared else p_target
+            correction = class_sums(target, num_classes, (m_target - m_off_target) * power_target)
+            prob_sum = power_sum(probs, m_off, self.squared) + correction
+            intersection = class_sums(target, num_classes, m_target * p_target)
+            target_sum = class_sums(target, num_classes, m_target)
+            scores = dice_from_sums(
+                intersection, target_sum, prob_sum, smooth=self.smooth, batch=self.batch
             )
             counted = counted_images(valid, self.batch)
             return dice_loss_from_scores(scores, self.include_background, counted)

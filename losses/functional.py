@@ -5,7 +5,7 @@ Shapes: ``probs`` ``(B, C, N)`` (N pixels or voxels per image), ``target`` ``(B,
 
 - :func:`soft_dice_score`: ``(2 sum w y p + s) / (sum w y^2 + sum w p^2 + s)`` per image and
   class (``p^2 -> p`` when not ``squared``), the sums pooled over the batch when ``batch``;
-- :func:`class_counts`: ``sum_i w_i [y_i = c]`` (the one-hot's sums without the one-hot);
+- :func:`class_sums`: ``sum_i v_i [y_i = c]`` (the one-hot's sums without the one-hot);
 - :func:`num_selected`: ``max(1, int(N * k / 100))``, nnU-Net v2's float expression;
 - :func:`top_k_mask`: 0/1 mask of the K% highest scores of each row (``torch.topk``).
 
@@ -19,15 +19,13 @@ import torch
 from torch import Tensor
 
 
-def class_counts(target: Tensor, num_classes: int, weight: Tensor | None = None) -> Tensor:
-    """``(B, C)``: ``sum_i w_i [y_i = c]`` per image; ``weight`` ``(B, N)`` or None for 1.
-
-    Float32 (float64 when ``weight`` is float64), never a gradient.
-    """
-    dtype = torch.float32 if weight is None else weight.dtype
-    counts = torch.zeros(target.shape[0], num_classes, dtype=dtype, device=target.device)
-    ones = torch.ones((), dtype=dtype, device=target.device).expand(target.shape)
-    return counts.scatter_add_(1, target, ones if weight is None else weight.detach())
+def class_sums(target: Tensor, num_classes: int, values: Tensor | None = None) -> Tensor:
+    """``(B, C)``: ``sum_i v_i [y_i = c]`` per image, a scatter-add of ``values`` ``(B, N)`` into
+    each pixel's class (with their gradient); ``values=None`` counts the pixels (float32)."""
+    if values is None:
+        values = torch.ones((), device=target.device).expand(target.shape)
+    sums = torch.zeros(target.shape[0], num_classes, dtype=values.dtype, device=target.device)
+    return sums.scatter_add(1, target, values)
 
 
 def one_hot(target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
@@ -54,23 +52,32 @@ def soft_dice_score(
     ``sum w y^2`` one of ``w_y``. A class absent from an image scores ``s / (sum w p^2 + s)``:
     1 when it is not predicted, towards 0 as it is; loss and gradient stay finite.
     """
+    pixel_weight = None if weight is None else weight.detach().to(probs.dtype)
+    target_weight = pixel_weight  # w at each pixel's target class, (B, N)
+    if pixel_weight is not None and pixel_weight.ndim == 3:
+        target_weight = pixel_weight.gather(1, target.unsqueeze(1)).squeeze(1)
+    elif pixel_weight is not None:
+        pixel_weight = pixel_weight.unsqueeze(1)  # (B, 1, N): the same for every class
+    p_target = probs.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, N)
+    if target_weight is not None:
+        p_target = p_target * target_weight
     num_classes = probs.shape[1]
-    if weight is not None:
-        weight = weight.detach().to(probs.dtype)
-        if weight.ndim == 2:
-            weight = weight.unsqueeze(1)  # (B, 1, N): the same for every class
-    p_target = probs.gather(1, target.unsqueeze(1))  # (B, 1, N)
-    w_target = None if weight is None else weight.expand_as(probs).gather(1, target.unsqueeze(1))
-    if w_target is not None:
-        p_target = p_target * w_target
-    intersection = torch.zeros_like(probs[:, :, 0]).scatter_add(1, target, p_target.squeeze(1))
-    target_sum = class_counts(target, num_classes, None if w_target is None else w_target[:, 0])
-    prob_sum = power_sum(probs, weight, squared)
+    intersection = class_sums(target, num_classes, p_target)
+    target_sum = class_sums(target, num_classes, target_weight).to(probs.dtype)
+    prob_sum = power_sum(probs, pixel_weight, squared)
+    return dice_from_sums(intersection, target_sum, prob_sum, smooth=smooth, batch=batch)
+
+
+def dice_from_sums(
+    intersection: Tensor, target_sum: Tensor, prob_sum: Tensor, *, smooth: float, batch: bool
+) -> Tensor:
+    """``(2 I + s) / (T + P + s)`` from per image and class sums ``(B, C)``, pooled over the
+    batch first when ``batch`` (one score per class, ``(1, C)``)."""
     if batch:
         intersection = intersection.sum(0, keepdim=True)
         target_sum = target_sum.sum(0, keepdim=True)
         prob_sum = prob_sum.sum(0, keepdim=True)
-    return (2.0 * intersection + smooth) / (target_sum.to(probs.dtype) + prob_sum + smooth)
+    return (2.0 * intersection + smooth) / (target_sum + prob_sum + smooth)
 
 
 def power_sum(probs: Tensor, weight: Tensor | None, squared: bool) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 from monai.losses import DiceLoss
 
 from losses.functional import (
-    class_counts,
+    class_sums,
     dice_loss_from_scores,
     num_selected,
     power_sum,
@@ -25,12 +25,12 @@ def random_probs(batch=3, classes=4, pixels=29, seed=0):
     return logits.softmax(1), target, gen
 
 
-def test_class_counts_are_the_one_hot_sums():
+def test_class_sums_are_the_one_hot_sums():
     _, target, gen = random_probs()
-    weight = torch.rand(target.shape, generator=gen, dtype=torch.float64)
+    values = torch.rand(target.shape, generator=gen, dtype=torch.float64)
     y = one_hot(target, 4)
-    assert torch.equal(class_counts(target, 4), y.sum(-1).float())
-    torch.testing.assert_close(class_counts(target, 4, weight), (y * weight.unsqueeze(1)).sum(-1))
+    assert torch.equal(class_sums(target, 4), y.sum(-1).float())
+    torch.testing.assert_close(class_sums(target, 4, values), (y * values.unsqueeze(1)).sum(-1))
 
 
 @pytest.mark.parametrize("weight_kind", ["none", "pixel", "pixel_and_class"])
