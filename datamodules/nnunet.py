@@ -269,13 +269,14 @@ class NNUNetDataModule(SliceDataModule):
         channels, label, affine, spacing, attrs = to_canonical(
             case, self.file_ending, str(spec.get("slice_axis"))
         )
+        # CT channels stay raw until the statistics are known (see _write_split)
         ct = self._ct_channels()
-        image = np.stack(
-            [
-                np.asarray(x, np.float32) if c in ct else normalize_channel(x, name)
-                for c, (x, name) in enumerate(zip(channels, self.channel_names, strict=True))
-            ]
-        )
+        image = np.empty((len(channels), *label.shape), np.float32)
+        for c, (x, name) in enumerate(zip(channels, self.channel_names, strict=True)):
+            if c in ct:
+                image[c] = x
+            else:
+                normalize_channel(x, name, out=image[c])
         return CaseData(image=image, label=label, spacing=spacing, affine=affine, attrs=attrs)
 
     def _check_case(self, case_id: str, case: CaseData) -> None:
@@ -304,7 +305,8 @@ class NNUNetDataModule(SliceDataModule):
                     dataset = f[case_id]["image"]
                     image = dataset[...]
                     for c in ct:
-                        image[c] = normalize_channel(image[c], self.channel_names[c], stats[c])
+                        view = image[c]
+                        normalize_channel(view, self.channel_names[c], stats[c], out=view)
                     dataset[...] = image
 
     def _settings(self) -> dict[str, Any]:
