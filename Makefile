@@ -29,7 +29,9 @@ LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(JOBS),--jobs $(JOBS)) $(if $(RUNS_PE
 
 # eval / predict: CKPT=last (default) takes the newest logs/$(DATASET)/$(LOSS)/*/checkpoints/last.ckpt;
 # the run's config.yaml next to the checkpoint's folder gives the dataset (else base + data + loss configs)
-RUN_CKPT   = $(if $(filter last,$(CKPT)),$(firstword $(shell ls -t logs/$(DATASET)/$(LOSS)/*/checkpoints/last.ckpt 2>/dev/null)),$(CKPT))
+# (DATA=<nnU-Net dataset folder>: runs are under logs/<folder name>/)
+RUN_DATASET = $(if $(DATA),$(notdir $(patsubst %/,%,$(DATA))),$(DATASET))
+RUN_CKPT   = $(if $(filter last,$(CKPT)),$(firstword $(shell ls -t logs/$(RUN_DATASET)/$(LOSS)/*/checkpoints/last.ckpt 2>/dev/null)),$(CKPT))
 RUN_CONFIG = $(abspath $(dir $(RUN_CKPT))../config.yaml)
 EVAL_CONFIGS = $(if $(wildcard $(RUN_CONFIG)),--config $(RUN_CONFIG),--config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml)
 
