@@ -35,11 +35,13 @@ NO_WAIT ?=
 OPTS    ?=
 LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(JOBS),--jobs $(JOBS)) $(if $(RUNS_PER_GPU),--runs-per-gpu $(RUNS_PER_GPU)) $(if $(SBATCH),--sbatch='$(SBATCH)') $(if $(NO_WAIT),--no-wait) $(OPTS)
 
-# eval / predict: CKPT=last (default) takes the newest finished run of logs/$(DATASET)/$(LOSS)/
+# eval / predict: CKPT=last (default) takes the newest finished run of logs/$(RUN_DATASET)/$(LOSS)/
 # (its fit_complete.json; unfinished runs are skipped with a line), CKPT=<path> a given .ckpt;
-# both are checked to be complete files. The run's config.yaml next to the checkpoint's folder
+# both are checked to be complete files. DATA=<nnU-Net dataset folder>: runs are under
+# logs/<folder name>/. The run's config.yaml next to the checkpoint's folder
 # gives the dataset (else base + data + experiment + loss configs).
-CHOOSE_CKPT  = $(PY) -m lightning_app.finished_runs --ckpt '$(CKPT)' --logs logs/$(DATASET)/$(LOSS)
+RUN_DATASET  = $(if $(DATA),$(notdir $(patsubst %/,%,$(DATA))),$(DATASET))
+CHOOSE_CKPT  = $(PY) -m lightning_app.finished_runs --ckpt '$(CKPT)' --logs logs/$(RUN_DATASET)/$(LOSS)
 BASE_CONFIGS = --config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml
 RUN_CONFIGS  = cfg="$$(dirname "$$(dirname "$$ckpt")")/config.yaml"; \
 	if [ -f "$$cfg" ]; then configs="--config $$cfg"; else configs="$(BASE_CONFIGS)"; fi

@@ -118,7 +118,8 @@ class NNUNetDataModule(SliceDataModule):
         self.val_cases: list[str] = []
         # foreground samples of the CT channels, collected while prepare_data runs
         self._samples: dict[int, list[np.ndarray]] | None = None
-        self._sampled: set[str] = set()
+        # (case id, files) -> temporary split file that already holds the case
+        self._written: dict[tuple[str, tuple[Path, ...]], Path] = {}
 
     def _dataset_meta(self) -> dict[str, Any]:
         """Names, channels, ignore label and file ending from ``dataset.json``; without it,
@@ -246,7 +247,7 @@ class NNUNetDataModule(SliceDataModule):
         """One pass over the files: CT channels are written raw while their foreground is
         sampled, then normalized in the temporary split files once every training case is read."""
         self._samples = {c: [] for c in self._ct_channels()}
-        self._sampled = set()
+        self._written = {}
         try:
             super()._prepare_data_locked()
         finally:
@@ -259,8 +260,7 @@ class NNUNetDataModule(SliceDataModule):
     def _load_case(self, spec: CaseSpec) -> CaseData:
         case = self._read(spec)
         samples = self._samples
-        if samples and spec.get("training") and spec.case_id not in self._sampled:
-            self._sampled.add(spec.case_id)
+        if samples and spec.get("training"):  # each case is read once (see _write_split)
             order = "C" if self.file_ending in NATURAL_2D_ENDINGS else "F"
             per_case = TOTAL_FOREGROUND_SAMPLES // int(spec.get("n_training"))
             drawn = sample_foreground(case.channels, case.label, list(samples), per_case, order)
@@ -269,13 +269,14 @@ class NNUNetDataModule(SliceDataModule):
         channels, label, affine, spacing, attrs = to_canonical(
             case, self.file_ending, str(spec.get("slice_axis"))
         )
+        # CT channels stay raw until the statistics are known (see _write_split)
         ct = self._ct_channels()
-        image = np.stack(
-            [
-                np.asarray(x, np.float32) if c in ct else normalize_channel(x, name)
-                for c, (x, name) in enumerate(zip(channels, self.channel_names, strict=True))
-            ]
-        )
+        image = np.empty((len(channels), *label.shape), np.float32)
+        for c, (x, name) in enumerate(zip(channels, self.channel_names, strict=True)):
+            if c in ct:
+                image[c] = x
+            else:
+                normalize_channel(x, name, out=image[c])
         return CaseData(image=image, label=label, spacing=spacing, affine=affine, attrs=attrs)
 
     def _check_case(self, case_id: str, case: CaseData) -> None:
@@ -284,11 +285,26 @@ class NNUNetDataModule(SliceDataModule):
             raise DatasetError(f"Case {case_id}: image of shape {case.image.shape}")
         check_finite(case.image, f"Case {case_id}: image")
 
-    def _write_split(self, tmp: Path, cases: Any, fp: str, *args: Any) -> None:
-        """The base writer; after the last split, normalize the CT channels of all three
-        temporary files and store the fold, ignore index and CT statistics in each."""
-        super()._write_split(tmp, cases, fp, *args)
-        if tmp.name != f"{SPLITS[-1]}.h5.tmp":
+    def _write_split(
+        self, tmp: Path, cases: Any, fp: str, progress: Any, task: Any, split: str
+    ) -> None:
+        """The base writer for cases not written yet; a case already in an earlier split
+        (the held-out fold as test split, ``fold="all"``) is copied from that split's file,
+        so every file is read once. After the last split, normalize the CT channels of all
+        three temporary files and store the fold, ignore index and CT statistics in each."""
+        cases = list(cases)
+        new = [c for c in cases if (c.case_id, c.files) not in self._written]
+        super()._write_split(tmp, new, fp, progress, task, split)
+        with h5py.File(tmp, "a") as dst:
+            for spec in cases:
+                key = (spec.case_id, spec.files)
+                if key in self._written:
+                    with h5py.File(self._written[key], "r") as src:
+                        src.copy(src[spec.case_id], dst, name=spec.case_id)
+                    progress.advance(task)
+                else:
+                    self._written[key] = tmp
+        if split != SPLITS[-1]:
             return
         ct = self._ct_channels()
         stats: list[dict[str, float] | None] = [None] * self.in_channels
@@ -304,7 +320,8 @@ class NNUNetDataModule(SliceDataModule):
                     dataset = f[case_id]["image"]
                     image = dataset[...]
                     for c in ct:
-                        image[c] = normalize_channel(image[c], self.channel_names[c], stats[c])
+                        view = image[c]
+                        normalize_channel(view, self.channel_names[c], stats[c], out=view)
                     dataset[...] = image
 
     def _settings(self) -> dict[str, Any]:

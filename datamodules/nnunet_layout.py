@@ -245,6 +245,14 @@ def find_cases(
                 f"{path}: image files must be named <case>_XXXX{ending} (XXXX the channel file)"
             )
         grouped.setdefault(case, {})[int(number)] = path
+    if labels_dir is not None and Path(labels_dir).is_dir():
+        for label in sorted(Path(labels_dir).iterdir()):
+            case = label.name[: -len(ending)]
+            if _visible(label, ending) and case not in grouped:
+                first = f"{case}{ending}" if info.msd else f"{case}_0000{ending}"
+                raise DatasetError(
+                    f"Case {case}: label {label} has no image files (expected {images_dir / first})"
+                )
     if not grouped:
         raise DatasetError(f"{images_dir} holds no image files ending in {ending!r}")
     expected = max(len(g) for g in grouped.values())

@@ -28,8 +28,10 @@ __all__ = [
 ]
 
 SCHEMES = ("ct", "nonorm", "zscore", "rescale_to_0_1", "rgb_to_0_1")
-#: foreground intensities drawn per CT channel over the whole training set (nnU-Net's number)
-TOTAL_FOREGROUND_SAMPLES = 10**8
+#: foreground intensities drawn per CT channel over the whole training set, split evenly over
+#: the cases (nnU-Net draws 10^8; 10^6 estimates the percentiles, mean and std to about 0.1 %
+#: of the standard deviation and keeps the sampling well within the reading time)
+TOTAL_FOREGROUND_SAMPLES = 10**6
 
 
 def scheme_of(channel_name: str) -> str:
@@ -90,15 +92,22 @@ def foreground_statistics(samples: Iterable[np.ndarray]) -> dict[str, float]:
 
 
 def normalize_channel(
-    channel: np.ndarray, channel_name: str, ct_stats: dict[str, float] | None = None
+    channel: np.ndarray,
+    channel_name: str,
+    ct_stats: dict[str, float] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Normalize one channel (any shape) by its scheme; returns a new float32 array.
+    """Normalize one channel (any shape) by its scheme into ``out`` (float32, same shape;
+    default a new array) and return it; ``out`` may be ``channel`` itself.
 
     Raises:
         ValueError: ``CT`` without ``ct_stats``; ``rgb_to_0_1`` on values outside [0, 255].
     """
     scheme = scheme_of(channel_name)
-    out = np.array(channel, dtype=np.float32, copy=True)
+    if out is None:
+        out = np.empty(np.shape(channel), np.float32)
+    if out is not channel:
+        out[...] = channel
     if scheme == "nonorm":
         return out
     if scheme == "ct":
@@ -120,9 +129,13 @@ def normalize_channel(
             )
         out /= np.float32(255.0)
         return out
-    mean, std = float(out.mean(dtype=np.float64)), float(out.std(dtype=np.float64))
-    out -= np.float32(mean)
-    out /= np.float32(max(std, 1e-8))
+    out -= out.mean()  # float32, as nnU-Net computes it
+    flat = out.reshape(-1)
+    # the standard deviation of the centred values in one pass without a copy: dot products
+    # of 2^16 values (float32, exact enough at that length) summed in float64
+    squares = sum(float(np.dot(c, c)) for c in np.split(flat, range(1 << 16, flat.size, 1 << 16)))
+    std = np.float32(np.sqrt(squares / max(flat.size, 1)))
+    out /= max(std, np.float32(1e-8))
     return out
 
 

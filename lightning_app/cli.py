@@ -18,6 +18,7 @@ Everything else comes from ``configs/{base.yaml,data/,experiment/,loss/,trainer/
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from torch import nn
 
+from datamodules.nnunet_layout import DatasetError
 from lightning_app.callbacks.test_report import TestReport
 from lightning_app.checkpoints import resume_checkpoint, slurm_restart_count
 from lightning_app.loggers import resolve_wandb_mode
@@ -239,5 +241,10 @@ class SegmentationCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> SegmentationCLI:
-    """Entry point of ``python -m lightning_app``; ``args`` defaults to ``sys.argv[1:]``."""
-    return SegmentationCLI(args=args)
+    """Entry point of ``python -m lightning_app``; ``args`` defaults to ``sys.argv[1:]``.
+    A bad raw dataset (``DatasetError``) ends the run with its one-line message, exit code 2."""
+    try:
+        return SegmentationCLI(args=args)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -8,11 +8,17 @@
    the same dataset (int64 labels between the processes), for both data protocols:
    ``default`` (target: at least 1000 slices/s) and ``transunet`` (scipy's cubic zoom of every
    full-size slice; target: at least 100 slices/s).
+3. nnU-Net-format datasets (``NNUNetDataModule.prepare_data``, folds, normalization and all)
+   against reading every file of the dataset once (nibabel / PIL; target: at most 1.5x), and
+   the training loader's slices/s on the result (target: at least 1000 per worker): a 3D
+   two-channel set (CT + T2, int16 NIfTI: CT statistics sampled while the files are read, then
+   applied to the written HDF5) and a 2D RGB png set.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -23,7 +29,7 @@ import nibabel as nib
 import numpy as np
 from torch.utils.data import DataLoader
 
-from datamodules import SynapseDataModule
+from datamodules import NNUNetDataModule, SynapseDataModule
 from datamodules.hdf5 import SliceDataset
 from datamodules.loader import SliceLoader
 from datamodules.transforms import build_train_transform
@@ -65,8 +71,13 @@ def main() -> None:
     parser.add_argument(
         "--transunet-slices", type=int, default=480, help="slices timed in the transunet protocol"
     )
+    parser.add_argument("--only", choices=("synapse", "nnunet"), default=None)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    if args.only != "synapse":
+        bench_nnunet(args.repeats, args.loader_slices)
+    if args.only == "nnunet":
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         raw = tmp / "raw"
@@ -152,6 +163,109 @@ def bench_loader(
     print(
         f"  {'SliceLoader (ours, 1 worker, batch 24)':46s} {rate['SliceLoader']:8.0f} slices/s "
         f"(target >= {target}{ratio})"
+    )
+
+
+def write_nnunet_3d(root: Path, n: int, shape: tuple[int, int, int]) -> list[Path]:
+    """``Dataset950_Bench``: n cases of CT (int16) + T2 (int16) and a label; returns the files."""
+    rng = np.random.default_rng(1)
+    ds = root / "Dataset950_Bench"
+    for sub in ("imagesTr", "labelsTr"):
+        (ds / sub).mkdir(parents=True)
+    meta = {"channel_names": {"0": "CT", "1": "T2"}, "labels": {"background": 0, "organ": 1},
+            "numTraining": n, "file_ending": ".nii.gz"}  # fmt: skip
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    affine = np.diag([-0.78, -0.78, 2.5, 1.0])
+    files = []
+    for i in range(n):
+        ct = rng.integers(-200, 300, shape, dtype=np.int16)
+        t2 = rng.integers(0, 2000, shape, dtype=np.int16)
+        lab = np.zeros(shape, np.uint8)
+        lab[shape[0] // 3 : shape[0] // 2, shape[1] // 3 : shape[1] // 2, 2:-2] = 1
+        for path, data in (
+            (ds / "imagesTr" / f"bench_{i:03d}_0000.nii.gz", ct),
+            (ds / "imagesTr" / f"bench_{i:03d}_0001.nii.gz", t2),
+            (ds / "labelsTr" / f"bench_{i:03d}.nii.gz", lab),
+        ):
+            nib.save(nib.Nifti1Image(data, affine), str(path))
+            files.append(path)
+    return files
+
+
+def write_nnunet_png(root: Path, n: int, size: int) -> list[Path]:
+    """``Dataset951_BenchPng``: n RGB png images (3 channels) and grey labels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    ds = root / "Dataset951_BenchPng"
+    for sub in ("imagesTr", "labelsTr"):
+        (ds / sub).mkdir(parents=True)
+    meta = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "road": 1},
+            "numTraining": n, "file_ending": ".png"}  # fmt: skip
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    files = []
+    for i in range(n):
+        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        label = np.zeros((size, size), np.uint8)
+        label[size // 4 : size // 2, :] = 1
+        for path, data in (
+            (ds / "imagesTr" / f"img_{i:04d}_0000.png", image),
+            (ds / "labelsTr" / f"img_{i:04d}.png", label),
+        ):
+            Image.fromarray(data).save(path)
+            files.append(path)
+    return files
+
+
+def read_all(files: list[Path]) -> None:
+    """Read every file once, as the plain libraries do (the reference)."""
+    from PIL import Image
+
+    for path in files:
+        if path.suffix == ".png":
+            with Image.open(path) as img:
+                np.asarray(img)
+        else:
+            np.asanyarray(nib.load(str(path)).dataobj)
+
+
+def bench_nnunet(repeats: int, loader_slices: int) -> None:
+    """nnU-Net-format preprocessing against one read of the files, and the loader on it."""
+    cases = {
+        "3D CT + T2, 5 cases of 512x512x60 int16 NIfTI": (write_nnunet_3d, (5, (512, 512, 60))),
+        "2D RGB png, 400 images of 512x512": (write_nnunet_png, (400, 512)),
+    }
+    for title, (writer, writer_args) in cases.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_nnunet_case(Path(tmp), title, writer(Path(tmp) / "raw", *writer_args), repeats)
+            train = Path(tmp) / "h5_0" / "train.h5"
+            loader = SliceLoader(
+                SliceDataset(train, build_train_transform(224, "default")),
+                batch_size=24, shuffle=True, num_workers=1, persistent_workers=True,
+            )  # fmt: skip
+            rate = statistics.median(loader_rate(loader, loader_slices // 3) for _ in range(3))
+            print(
+                f"  SliceLoader (1 worker, batch 24, 224x224)  {rate:8.0f} slices/s "
+                "(target >= 1000)"
+            )
+
+
+def bench_nnunet_case(tmp: Path, title: str, files: list[Path], repeats: int) -> None:
+    """Time ``prepare_data`` into fresh folders ``tmp/h5_<i>`` against one read of ``files``."""
+    raw_dir = files[0].parent.parent
+    runs = iter(range(repeats))
+
+    def prepare() -> None:
+        out = tmp / f"h5_{next(runs)}"  # a fresh folder: a full preprocessing each time
+        NNUNetDataModule(raw_dir=str(raw_dir), data_dir=str(out), progress=False).prepare_data()
+
+    t_read = best_of(lambda: read_all(files), repeats)
+    t_pre = best_of(prepare, repeats)
+    print(f"== nnU-Net format: {title} (best of {repeats})")
+    print(f"  read every file once (nibabel / PIL)  {t_read:7.3f} s   (reference)")
+    print(
+        f"  NNUNetDataModule.prepare_data (ours)  {t_pre:7.3f} s   = "
+        f"{t_pre / t_read:.2f}x (target <= 1.5x)"
     )
 
 

@@ -245,3 +245,17 @@ def test_sitk_endings_need_the_extra_or_read(tmp_path: Path) -> None:
         group = f[sorted(f)[0]]
         assert group["image"].shape == (2, SHAPE[2], SHAPE[1], SHAPE[0])
         np.testing.assert_allclose(group.attrs["spacing"], [3.0, 0.8, 0.8], rtol=1e-6)
+
+
+@pytest.mark.parametrize("slice_axis", ["voxel0", "voxel1", "acquisition"])
+def test_slice_axis_round_trips_to_the_raw_grid(slice_axis: str) -> None:
+    """The chosen raw axis becomes D, and predictions go back onto the raw grid exactly."""
+    from datamodules.nifti import canonical_to_raw, raw_to_canonical
+
+    raw = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+    affine = np.array([[0, 0, -2.0, 0], [1.5, 0, 0, 0], [0, 0.7, 0, 0], [0, 0, 0, 1]])
+    array, _, spacing = raw_to_canonical(raw, affine, slice_axis)
+    stack = {"voxel0": 0, "voxel1": 1, "acquisition": 2}[slice_axis]
+    assert array.shape[0] == raw.shape[stack]
+    assert spacing[0] == pytest.approx(np.linalg.norm(affine[:3, stack]))
+    np.testing.assert_array_equal(canonical_to_raw(array, affine, slice_axis), raw)

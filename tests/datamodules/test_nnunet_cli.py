@@ -109,3 +109,17 @@ def test_phantom_exports_as_dataset900(tmp_path: Path) -> None:
     with h5py.File(ph.split_path("test"), "r") as a, h5py.File(nn.split_path("test"), "r") as b:
         np.testing.assert_allclose(b["phantom005"]["image"][...], a["phantom005"]["image"][...])
         np.testing.assert_array_equal(b["phantom005"]["label"][...], a["phantom005"]["label"][...])
+
+
+def test_bad_dataset_is_one_line_without_traceback(tiny_env: Path, capsys) -> None:
+    from lightning_app.cli import main
+
+    ds = write_v2(tiny_env)
+    (ds / "labelsTr" / "tiny_case_002.nii.gz").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_args(tiny_env, ds)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: Case tiny_case_002: label file")
+    assert not any("Traceback" in line for line in err)
+    assert not (tiny_env / "prepared").exists() or not list((tiny_env / "prepared").glob("*.h5"))

@@ -128,6 +128,14 @@ def test_missing_channel_file_names_case_and_file(tmp_path: Path) -> None:
         training_cases(read_dataset_json(ds))
 
 
+def test_case_without_any_image_file(tmp_path: Path) -> None:
+    ds = write_v2(tmp_path)
+    for channel in range(2):
+        (ds / "imagesTr" / f"tiny_case_001_000{channel}.nii.gz").unlink()
+    with pytest.raises(DatasetError, match=r"Case tiny_case_001: label .* has no image files"):
+        training_cases(read_dataset_json(ds))
+
+
 def test_missing_label_file(tmp_path: Path) -> None:
     ds = write_v2(tmp_path)
     (ds / "labelsTr" / "tiny_case_002.nii.gz").unlink()
