@@ -1,8 +1,14 @@
-"""lightning_app: the template's Lightning CLI, callbacks and W&B wiring (no maths).
+"""lightning_app: wires datamodules, models and losses into runs (no maths).
 
-Run ``python -m lightning_app fit --config configs/base.yaml --config configs/data/phantom.yaml
---config configs/loss/ce_topk_dice.yaml`` (``make train``). This package is the repository's own
-``lightning_app`` (not the retired PyPI package of the same import name).
+- ``cli``: the Lightning CLI (``python -m lightning_app fit|validate|test|predict``, ``make
+  train``); ``run_dir``: run names and directories; ``checkpoints``: resume and save on SIGTERM.
+- ``callbacks/``: progress bar, W&B panels, run summary, test report; ``loggers``: W&B logger;
+  ``reports``: the test report's files.
+- ``predict/``: ``python -m lightning_app.predict`` on new NIfTI volumes (``make predict``).
+- ``compare/``: ``python -m lightning_app.compare`` (``make compare``, ``make sweep-k``).
+
+This package is the repository's own ``lightning_app`` (not the retired PyPI package of the
+same import name).
 """
 
 #: Marker that tests use to make sure the imported ``lightning_app`` is this repository's.

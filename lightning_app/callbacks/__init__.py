@@ -7,6 +7,7 @@
 
 Without a W&B logger, :class:`WandbPanels` does nothing and :class:`RunSummary` prints what
 exists (checkpoints, CSV logs, config). Configs name them as ``lightning_app.callbacks.<Class>``.
+``CheckpointOnTerminate`` lives beside the resume logic, in :mod:`lightning_app.checkpoints`.
 """
 
 from lightning_app.callbacks.progress_bar import ProgressBar, stdout_is_terminal
