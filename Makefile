@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.install-stamp
 
 LOSS    ?= ce_topk_dice
 DATASET ?= phantom
+# training recipe configs/experiment/$(EXPERIMENT).yaml: by default the dataset's own when it
+# exists (configs/experiment/phantom.yaml); EXPERIMENT= (empty) trains with base.yaml's recipe
+EXPERIMENT ?= $(if $(wildcard configs/experiment/$(DATASET).yaml),$(DATASET))
+EXPERIMENT_CONFIG = $(if $(EXPERIMENT),--config configs/experiment/$(EXPERIMENT).yaml)
 ARGS    ?=
 CKPT    ?= last
 SEEDS   ?=
@@ -29,9 +33,9 @@ LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(JOBS),--jobs $(JOBS)) $(if $(RUNS_PE
 # eval / predict: CKPT=last (default) takes the newest finished run of logs/$(DATASET)/$(LOSS)/
 # (its fit_complete.json; unfinished runs are skipped with a line), CKPT=<path> a given .ckpt;
 # both are checked to be complete files. The run's config.yaml next to the checkpoint's folder
-# gives the dataset (else base + data + loss configs).
+# gives the dataset (else base + data + experiment + loss configs).
 CHOOSE_CKPT  = $(PY) -m lightning_app.finished_runs --ckpt '$(CKPT)' --logs logs/$(DATASET)/$(LOSS)
-BASE_CONFIGS = --config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml
+BASE_CONFIGS = --config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml
 RUN_CONFIGS  = cfg="$$(dirname "$$(dirname "$$ckpt")")/config.yaml"; \
 	if [ -f "$$cfg" ]; then configs="--config $$cfg"; else configs="$(BASE_CONFIGS)"; fi
 
@@ -47,7 +51,7 @@ help: ## List every target with its description
 	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
 	grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-14s%s %s\n", on, $$1, off, $$2}'
 	@echo ""
-	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) CKPT=$(CKPT) SEEDS=$(SEEDS) LOSSES='$(LOSSES)' K='$(K)'"
+	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) EXPERIMENT=$(EXPERIMENT) CKPT=$(CKPT) SEEDS=$(SEEDS) LOSSES='$(LOSSES)' K='$(K)'"
 	@echo "           INPUT= OUTPUT=$(OUTPUT) ARGS='<Lightning CLI overrides>'"
 	@echo "           LAUNCHER=$(LAUNCHER) JOBS=$(JOBS) RUNS_PER_GPU=$(RUNS_PER_GPU) SBATCH='$(SBATCH)' NO_WAIT=$(NO_WAIT) OPTS='$(OPTS)'"
 
@@ -79,9 +83,9 @@ format: $(STAMP) ## Format with ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom ARGS="--trainer.max_epochs=5"
+train: $(STAMP) ## Train: make train LOSS=ce_topk_dice DATASET=phantom [EXPERIMENT=phantom] ARGS="--trainer.max_epochs=5"
 	@: $(call check-loss,$(LOSS)) $(check-dataset)
-	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(DATASET).yaml --config configs/loss/$(LOSS).yaml $(ARGS)
+	$(PY) -m lightning_app fit --config configs/base.yaml --config configs/data/$(DATASET).yaml $(EXPERIMENT_CONFIG) --config configs/loss/$(LOSS).yaml $(ARGS)
 
 eval: $(STAMP) ## Test a checkpoint (per_case.csv, summary.md, W&B): make eval CKPT=<run>/checkpoints/<file>.ckpt [ARGS="--model.test_protocol=transunet"]
 	@: $(call check-loss,$(LOSS)) $(check-dataset)
@@ -125,4 +129,5 @@ bench-eval: $(STAMP) ## Time HD95 of one organ in a 100x512x512 volume against m
 	$(PY) scripts/bench_eval.py
 
 clean: ## Remove caches (keeps .venv, data and logs)
-	rm -rf .pytest_cache .ruff_cache **/__pycache__
+	rm -rf .pytest_cache .ruff_cache
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

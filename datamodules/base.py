@@ -1,18 +1,16 @@
 """The datamodule base: raw volumes -> HDF5 split files -> slice / volume loaders.
 
 Raw reading and checks live in ``datamodules.raw``, the slice transforms in
-``datamodules.transforms`` and the HDF5 layout with its readers in ``datamodules.hdf5``;
-this module holds ``SliceDataModule``, which writes the files (atomically, fingerprinted) and
-serves the loaders.
+``datamodules.transforms``, the HDF5 layout with its readers in ``datamodules.hdf5`` and the
+case writer with the fingerprints in ``datamodules.split_files``; this module holds
+``SliceDataModule``, which prepares the files (atomically, under a lock) and serves the loaders.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.hdf5 import FORMAT_VERSION, SPLITS, SliceDataset, VolumeDataset
 from datamodules.loader import SliceLoader
 from datamodules.locking import data_dir_lock
-from datamodules.raw import CaseData, CaseSpec, check_finite
+from datamodules.raw import CaseData, CaseSpec
+from datamodules.split_files import (
+    PlainProgress,
+    check_case,
+    check_splits,
+    json_sha256,
+    plan_fingerprint,
+    write_case,
+)
 from datamodules.transforms import (
     DataProtocol,
     build_eval_transform,
@@ -38,30 +44,6 @@ __all__ = ["SliceDataModule"]
 
 #: split files each evaluation stage reads (the raw data is not needed once they exist)
 _EVAL_SPLITS = {"validate": ("val",), "test": ("test",), "predict": ("test",)}
-
-
-class _PlainProgress:
-    """Plain preprocessing progress lines for logs (stdout not a terminal): one when the
-    first case is done, then at most one every ``interval`` seconds, and one at the end."""
-
-    def __init__(self, name: str, total: int, interval: float = 10.0) -> None:
-        self.name, self.total, self.interval = name, total, interval
-        self.done = 0
-        self.t0 = self.last = time.monotonic()
-
-    def advance(self, what: str) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if self.done not in (1, self.total) and now - self.last < self.interval:
-            return
-        self.last = now
-        elapsed = now - self.t0
-        eta = elapsed / self.done * (self.total - self.done)
-        print(
-            f"[data] {self.name} preprocessing: {self.done}/{self.total} cases ({what}) | "
-            f"{elapsed:.0f} s elapsed | ETA {eta:.0f} s",
-            flush=True,
-        )
 
 
 class SliceDataModule(L.LightningDataModule):
@@ -143,7 +125,7 @@ class SliceDataModule(L.LightningDataModule):
         self.train_set: SliceDataset | None = None
         self.val_set: SliceDataset | None = None
         self.test_set: VolumeDataset | None = None
-        self._plain_progress: _PlainProgress | None = None
+        self._plain_progress: PlainProgress | None = None
 
     # ---------------------------------------------------------------- subclass interface
     def _plan(self) -> dict[str, list[CaseSpec]]:
@@ -190,49 +172,14 @@ class SliceDataModule(L.LightningDataModule):
             )
         return self.raw_dir
 
-    @staticmethod
-    def _check_splits(plan: dict[str, list[CaseSpec]]) -> None:
-        """Every split non-empty; the test split disjoint from train and val."""
-        for split in SPLITS:
-            if not plan.get(split):
-                raise ValueError(
-                    f"The {split!r} split is empty: every split needs at least one case "
-                    f"(check the split options and that raw_dir holds the listed cases)."
-                )
-        test = {c.case_id for c in plan["test"]}
-        for split in ("train", "val"):
-            both = sorted(test & {c.case_id for c in plan[split]})
-            if both:
-                raise ValueError(
-                    f"Cases {both} are in both the {split!r} and the 'test' split; the test "
-                    f"split must not overlap the others."
-                )
-
     def fingerprint(self, plan: dict[str, list[CaseSpec]]) -> str:
         """SHA-256 of the settings, the split case lists and the raw files' names/sizes/mtimes."""
-        files: list[list[Any]] = []
-        for split in SPLITS:
-            for spec in plan[split]:
-                for path in spec.files:
-                    st = path.stat()
-                    try:
-                        name = str(path.relative_to(self.raw_dir)) if self.raw_dir else str(path)
-                    except ValueError:
-                        name = str(path.resolve())
-                    files.append([split, spec.case_id, name, st.st_size, st.st_mtime_ns])
-        payload = {
-            "settings": self._settings(),
-            "splits": {s: [c.case_id for c in plan[s]] for s in SPLITS},
-            "files": files,
-        }
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return plan_fingerprint(self._settings(), plan, self.raw_dir)
 
     def settings_fingerprint(self) -> str:
         """SHA-256 of :meth:`_settings` only (stored in each split file as
         ``settings_fingerprint``; lets evaluation trust prepared files without the raw data)."""
-        blob = json.dumps(self._settings(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return json_sha256(self._settings())
 
     def _prepared_for_evaluation(self) -> bool:
         """``test`` / ``validate`` / ``predict``: True when the split files that stage reads
@@ -253,7 +200,7 @@ class SliceDataModule(L.LightningDataModule):
                 return False
         try:
             plan = self._plan()
-            self._check_splits(plan)
+            check_splits(plan)
             if self.is_prepared(self.fingerprint(plan)):
                 return True
             problem = "has changed since the split files were written"
@@ -298,7 +245,7 @@ class SliceDataModule(L.LightningDataModule):
         if self._prepared_for_evaluation():
             return
         plan = self._plan()
-        self._check_splits(plan)
+        check_splits(plan)
         fp = self.fingerprint(plan)
         if self.is_prepared(fp):
             return
@@ -316,7 +263,7 @@ class SliceDataModule(L.LightningDataModule):
             ) as progress:
                 task = progress.add_task("preprocessing", total=total)
                 if self.progress and not sys.stdout.isatty():
-                    self._plain_progress = _PlainProgress(self.dataset_name, total)
+                    self._plain_progress = PlainProgress(self.dataset_name, total)
                 for split in SPLITS:
                     self._write_split(tmps[split], plan[split], fp, progress, task, split)
             for split in SPLITS:
@@ -355,44 +302,10 @@ class SliceDataModule(L.LightningDataModule):
                     self._plain_progress.advance(f"{split}: {spec.case_id}")
 
     def _check_case(self, case_id: str, case: CaseData) -> None:
-        c = self.in_channels
-        if case.image.ndim != 4 or case.image.shape[0] != c:
-            raise ValueError(
-                f"Case {case_id}: image has shape {case.image.shape}, expected ({c}, D, H, W)."
-            )
-        if case.label.shape != case.image.shape[1:]:
-            raise ValueError(
-                f"Case {case_id}: label shape {case.label.shape} does not match image shape "
-                f"{case.image.shape[1:]} (D, H, W)."
-            )
-        check_finite(case.image, f"Case {case_id}: preprocessed image")
-        if case.label.dtype != np.uint8 or int(case.label.max(initial=0)) >= self.num_classes:
-            raise ValueError(
-                f"Case {case_id}: label must be uint8 in 0..{self.num_classes - 1}, got dtype "
-                f"{case.label.dtype} with max {case.label.max()}."
-            )
+        check_case(case_id, case, self.in_channels, self.num_classes)
 
     def _write_case(self, f: h5py.File, case_id: str, case: CaseData) -> None:
-        c, d, h, w = case.image.shape
-        g = f.create_group(case_id)
-        for name, array, chunks in (
-            ("image", np.ascontiguousarray(case.image, dtype=np.float32), (c, 1, h, w)),
-            ("label", np.ascontiguousarray(case.label, dtype=np.uint8), (1, h, w)),
-        ):
-            # every chunk is written at once below: skip HDF5's fill of new chunks
-            dataset = g.create_dataset(
-                name,
-                shape=array.shape,
-                dtype=array.dtype,
-                chunks=chunks,
-                compression=self.compression,
-                fill_time="never",
-            )
-            dataset.write_direct(array)
-        g.attrs["spacing"] = np.asarray(case.spacing, dtype=np.float64)
-        g.attrs["affine"] = np.asarray(case.affine, dtype=np.float64)
-        for key, value in case.attrs.items():
-            g.attrs[key] = value
+        write_case(f, case_id, case, self.compression)
 
     def _check_file(self, path: Path) -> None:
         if not path.is_file():

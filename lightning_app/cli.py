@@ -2,54 +2,22 @@
 
 :class:`SegmentationCLI` is a plain ``LightningCLI`` that
 
-- links ``data.num_classes``, ``data.class_names``, ``data.in_channels``, ``data.image_size``
-  into the model (``apply_on="instantiate"``: read from the datamodule object right after it is
-  built), and fills an unset ``model.test_protocol`` from ``data.protocol`` (one setting drives
-  the training transforms and the test path; ``--model.test_protocol`` still overrides it);
-- always adds the test report callback (:class:`lightning_app.reports.TestReport`, options
-  ``--report.*``): ``test`` writes ``per_case.csv`` and ``summary.md`` into the run directory
-  (``--report.save_predictions=true``: also ``predictions/<case>.nii.gz``); the poster table's
-  row is named after the loss preset;
-- gives every run its own directory (the *run directory*, ``trainer.default_root_dir``)::
+- links ``data.{num_classes,class_names,in_channels,image_size}`` into the model
+  (``apply_on="instantiate"``) and fills an unset ``model.test_protocol`` from ``data.protocol``;
+- always adds the test report callback (:class:`lightning_app.callbacks.TestReport`, ``--report.*``);
+- gives every run its own directory ``logs/<dataset>/<loss>/<run name>/`` (:mod:`lightning_app.run_dir`)
+  with ``config.yaml``, ``checkpoints/``, ``csv/`` and ``wandb/``, and points loggers, checkpoints
+  and the W&B run (id, name, project, group, tags) into it. These derived values are not saved
+  in ``config.yaml``, so ``--config <run>/config.yaml --ckpt_path last`` continues a run; a
+  requeued SLURM ``fit`` resumes by itself (:mod:`lightning_app.checkpoints`);
+- drops W&B loggers under ``WANDB_MODE=disabled`` (CSV only).
 
-      logs/<dataset>/<loss>/<run name>/
-          config.yaml            resolved config (repeat or resume the run from it)
-          checkpoints/           best-*.ckpt (by val/dice/mean, max) and last.ckpt
-          csv/version_<n>/       CSV metrics, one version per fit attempt (resume -> next n)
-          wandb/                 the W&B run (offline-run-* without credentials)
-
-  ``<dataset>`` comes from the datamodule class (``PhantomDataModule -> phantom``), ``<loss>``
-  from the ``configs/loss/<name>.yaml`` given with ``--config`` (else the loss class name), the
-  run name from ``$LIGHTNING_APP_RUN_NAME``, ``$SLURM_JOB_ID``, torchrun's run id, or else the
-  launch time plus a random suffix. ``test``, ``validate`` and ``predict`` are runs of their
-  own: without ``$LIGHTNING_APP_RUN_NAME`` their name is ``[<launcher name>-]<subcommand>-<time>-
-  <random>`` (:func:`eval_run_name`), so ``make eval`` after ``make train`` in one SLURM job
-  never writes into the training run. A run directory given with
-  ``--trainer.default_root_dir`` (or a name given with ``$LIGHTNING_APP_RUN_NAME``) is used as
-  is; when such a directory already holds a run's ``config.yaml``, a ``test`` / ``validate`` /
-  ``predict`` saves its config as ``config-<subcommand>.yaml`` instead, so a training run's
-  files are never rewritten by another command. Loggers whose ``save_dir`` is unset or ``.``, and ``ModelCheckpoint`` callbacks
-  without ``dirpath``, are pointed into the run directory; the W&B logger gets ``id`` and
-  ``name`` = run name, project ``topk-dice-<dataset>``, group ``<dataset>/<loss>`` and tags
-  ``[<dataset>, <loss>]`` unless set. These derived values are recomputed from the run directory
-  at every launch and are not written into ``config.yaml``, so
-  ``--config <run>/config.yaml --ckpt_path last`` continues the run (same checkpoints folder,
-  same W&B run id) and ``--config <run>/config.yaml --trainer.default_root_dir=null`` repeats it
-  as a new run. A ``fit`` that SLURM restarts (``$SLURM_RESTART_COUNT`` > 0: ``sbatch --requeue``
-  and a preemption, a time limit or ``scontrol requeue``) finds its run directory by the same
-  job id and resumes from its newest checkpoint (:mod:`lightning_app.checkpoints`) by itself.
-- ``WANDB_MODE=disabled`` removes W&B loggers (CSV only).
-
-Everything else (model, optimizer, scheduler, trainer, callbacks, seed) comes from the yaml
-files: ``configs/base.yaml`` + ``configs/data/<dataset>.yaml`` + ``configs/loss/<loss>.yaml``.
+Everything else comes from ``configs/{base.yaml,data/,experiment/,loss/,trainer/}``.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,127 +26,23 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from torch import nn
 
+from lightning_app.callbacks.test_report import TestReport
 from lightning_app.checkpoints import resume_checkpoint, slurm_restart_count
 from lightning_app.loggers import resolve_wandb_mode
-from lightning_app.reports import TestReport
+from lightning_app.run_dir import (
+    RUN_NAME_ENV,
+    class_name,
+    dataset_name,
+    env_rank,
+    eval_run_name,
+    loss_name,
+    run_name,
+)
 from models import SegmentationModel
 
-__all__ = [
-    "SegmentationCLI",
-    "check_batch_norm_batch_size",
-    "main",
-    "RUN_NAME_ENV",
-    "dataset_name",
-    "eval_run_name",
-    "loss_name",
-    "run_name",
-]
-
-#: Environment variable naming the run; the CLI sets it when it invents a name, so the DDP
-#: worker processes that Lightning launches (which re-run the same command) agree on the run
-#: directory. Set it yourself (on every node) to name a multi-node run.
-RUN_NAME_ENV = "LIGHTNING_APP_RUN_NAME"
+__all__ = ["SegmentationCLI", "check_batch_norm_batch_size", "main"]
 
 _WANDB_LOGGERS = ("WandbLogger",)
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-
-
-def _class_name(class_path: str | None) -> str:
-    return (class_path or "").rsplit(".", 1)[-1]
-
-
-def _snake(name: str) -> str:
-    return _CAMEL.sub("_", name).lower()
-
-
-def dataset_name(cfg: Namespace) -> str:
-    """``data.class_path`` ``datamodules.PhantomDataModule`` -> ``phantom``
-    (``ACDCDataModule -> acdc``, ``MSSEG2DataModule -> msseg2``)."""
-    name = _class_name(getattr(cfg.get("data") or Namespace(), "class_path", None))
-    name = re.sub(r"_?DataModule$", "", name)
-    return name.lower() or "data"
-
-
-def loss_name(cfg: Namespace) -> str:
-    """The loss preset name: the stem of the last ``--config`` file inside a ``loss`` folder
-    (``configs/loss/ce_topk_dice.yaml -> ce_topk_dice``), else the ``<loss>`` folder of a run's
-    saved config given with ``--config`` (``logs/<dataset>/<loss>/<run>/config.yaml``, so
-    ``test --config <run>/config.yaml`` keeps the name), else the snake-cased class name of
-    ``model.loss`` (``TopKDiceLoss -> top_k_dice_loss``)."""
-    paths = [Path(str(getattr(p, "absolute", None) or p)) for p in cfg.get("config") or []]
-    for p in reversed(paths):
-        if p.parent.name == "loss":
-            return p.stem
-    dataset = dataset_name(cfg)
-    for p in reversed(paths):
-        if p.name == "config.yaml" and p.parent.parent.parent.name == dataset:
-            return p.parent.parent.name
-    loss = (cfg.get("model") or Namespace()).get("loss")
-    name = _class_name(getattr(loss, "class_path", None))
-    return _snake(name) if name else "loss"
-
-
-def _env_rank() -> int:
-    """Global rank of this process as known before the Trainer starts (0 if unknown)."""
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    local = os.environ.get("LOCAL_RANK", "")
-    node = os.environ.get("NODE_RANK", "0")
-    if local.isdigit():
-        return int(local) + (int(node) if node.isdigit() else 0)
-    return 0
-
-
-def run_name() -> str:
-    """The run name: ``$LIGHTNING_APP_RUN_NAME``, else ``slurm-<job id>``, else
-    ``torchrun-<run id>``, else ``YYYYmmdd-HHMMSS-<6 hex>`` (which is then exported in
-    ``$LIGHTNING_APP_RUN_NAME`` for Lightning's DDP worker processes)."""
-    name = os.environ.get(RUN_NAME_ENV)
-    if name:
-        return name
-    if os.environ.get("SLURM_JOB_ID"):
-        name = f"slurm-{os.environ['SLURM_JOB_ID']}"
-    elif os.environ.get("TORCHELASTIC_RUN_ID", "none") not in ("", "none"):
-        name = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
-    else:
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    os.environ[RUN_NAME_ENV] = name
-    return name
-
-
-def _launcher_name() -> str | None:
-    """``slurm-<job id>`` or ``torchrun-<run id>`` when such a launcher started us."""
-    if os.environ.get("SLURM_JOB_ID"):
-        return f"slurm-{os.environ['SLURM_JOB_ID']}"
-    if os.environ.get("TORCHELASTIC_RUN_ID", "none") not in ("", "none"):
-        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
-    return None
-
-
-def _external_world_size() -> int:
-    """Processes started by an external launcher (torchrun, srun), 1 if none."""
-    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 1
-
-
-def eval_run_name(subcommand: str) -> str:
-    """The run name of a ``test`` / ``validate`` / ``predict`` without ``$LIGHTNING_APP_RUN_NAME``:
-    ``[slurm-<job id>-|torchrun-<run id>-]<subcommand>-YYYYmmdd-HHMMSS-<6 hex>``, exported in
-    ``$LIGHTNING_APP_RUN_NAME`` for Lightning's DDP worker processes. Under an external
-    multi-process launcher (``WORLD_SIZE`` or ``SLURM_NTASKS`` > 1), whose processes cannot
-    share a random name, it is ``<launcher name>-<subcommand>[-step<SLURM_STEP_ID>]``."""
-    base = _launcher_name()
-    if _external_world_size() > 1 and base:
-        step = os.environ.get("SLURM_STEP_ID", "")
-        name = f"{base}-{subcommand}" + (f"-step{step}" if step.isdigit() else "")
-    else:
-        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        name = f"{base}-{subcommand}-{stamp}" if base else f"{subcommand}-{stamp}"
-    os.environ[RUN_NAME_ENV] = name
-    return name
 
 
 def check_batch_norm_batch_size(model: nn.Module, datamodule: Any) -> None:
@@ -199,7 +63,7 @@ def check_batch_norm_batch_size(model: nn.Module, datamodule: Any) -> None:
 
 
 def _is(entry: Any, names: tuple[str, ...]) -> bool:
-    return isinstance(entry, Namespace) and _class_name(entry.get("class_path")) in names
+    return isinstance(entry, Namespace) and class_name(entry.get("class_path")) in names
 
 
 def _as_list(value: Any) -> list:
@@ -242,6 +106,13 @@ class SegmentationCLI(LightningCLI):
         return config[self.subcommand] if self.subcommand else config
 
     def before_instantiate_classes(self) -> None:
+        """Fix the run directory, W&B mode, SLURM resume and where ``config.yaml`` is saved.
+
+        A directory given with ``--trainer.default_root_dir`` (or a name given with
+        ``$LIGHTNING_APP_RUN_NAME``) is used as is; when it already holds a run's
+        ``config.yaml``, a ``test`` / ``validate`` / ``predict`` saves ``config-<subcommand>.yaml``
+        instead, and a ``fit`` without ``--ckpt_path`` is refused.
+        """
         cfg = self._sub_config(self.config)
         dataset, loss = dataset_name(cfg), loss_name(cfg)
         trainer = cfg.trainer
@@ -262,14 +133,14 @@ class SegmentationCLI(LightningCLI):
             resume = resume_checkpoint(self.run_dir)
             if resume is not None:
                 cfg.ckpt_path = os.fspath(resume)
-            if _env_rank() == 0:
+            if env_rank() == 0:
                 job = f"SLURM job {os.environ.get('SLURM_JOB_ID')}, restart {slurm_restart_count()}"
                 what = f"resuming from {resume}" if resume else "no checkpoint yet, starting again"
                 print(f"{job}: {what} in {self.run_dir}", flush=True)
         elif (
             self.subcommand == "fit"
             and cfg.get("ckpt_path") is None
-            and _env_rank() == 0
+            and env_rank() == 0
             and os.path.isfile(config_file)
         ):
             raise ValueError(
@@ -343,7 +214,7 @@ class SegmentationCLI(LightningCLI):
 
     def _forget_generated_name(self) -> None:
         # a later CLI call in the same Python process must invent its own run name
-        if self._generated_name and _env_rank() == 0:
+        if self._generated_name and env_rank() == 0:
             os.environ.pop(RUN_NAME_ENV, None)
 
     def after_fit(self) -> None:

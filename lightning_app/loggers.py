@@ -1,21 +1,14 @@
 """W&B logger that never prompts: online with credentials, offline without.
 
-Mode resolution (:func:`resolve_wandb_mode`), first match wins:
+Mode (:func:`resolve_wandb_mode`): ``$WANDB_MODE`` when set (``disabled`` drops the W&B logger,
+CSV only), else ``online`` with ``$WANDB_API_KEY`` or a ``~/.netrc`` entry for the W&B host
+(``wandb login``), else ``offline`` (``<save_dir>/wandb/offline-run-*``, upload later with
+``wandb sync``).
 
-1. ``WANDB_MODE`` in the environment (``online``, ``offline``, ``disabled``; ``dryrun`` means
-   offline). ``WANDB_MODE=disabled`` is the documented switch that turns W&B off: the CLI then
-   drops the W&B logger entirely and only the CSV logger runs.
-2. ``WANDB_API_KEY`` set -> ``online``.
-3. A ``~/.netrc`` (or ``$NETRC``) entry for the W&B host (``$WANDB_BASE_URL``, default
-   ``api.wandb.ai``; ``wandb login`` writes it) -> ``online``.
-4. Otherwise ``offline``: the run is written under ``<save_dir>/wandb/offline-run-*`` and can be
-   uploaded later with ``wandb sync <that dir>``.
-
-W&B never stops a run (:class:`WandbLogger`): when the mode is online but the W&B server cannot
-be reached at start (a compute node without internet, a firewalled host), the run continues
-offline within about 25 s and says how to ``wandb sync`` it later; any W&B error in the middle
-of a run is reported once and W&B logging stops, while training and the CSV logger go on. On
-clusters, ``WANDB_MODE=offline`` skips the reachability check altogether.
+W&B never stops a run (:class:`WandbLogger`): when the mode is online but the server cannot be
+reached at start, the run continues offline and says how to ``wandb sync`` it later; any W&B
+error in the middle of a run is reported once and W&B logging stops, while training and the
+CSV logger go on. ``WANDB_MODE=offline`` skips the reachability check (clusters).
 """
 
 from __future__ import annotations
@@ -26,13 +19,22 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-__all__ = ["WandbLogger", "resolve_wandb_mode", "has_wandb_credentials", "wandb_server_reachable"]
+if TYPE_CHECKING:
+    import lightning as L
+
+__all__ = [
+    "WandbLogger",
+    "find_wandb_logger",
+    "resolve_wandb_mode",
+    "has_wandb_credentials",
+    "wandb_server_reachable",
+]
 
 WandbMode = Literal["online", "offline", "disabled"]
 
@@ -80,7 +82,13 @@ def has_wandb_credentials() -> bool:
 
 
 def resolve_wandb_mode() -> WandbMode:
-    """The W&B mode for this process (see the module docstring for the order).
+    """The W&B mode for this process, first match wins:
+
+    1. ``WANDB_MODE`` (``online``, ``offline``, ``disabled``; ``dryrun`` means offline).
+    2. ``WANDB_API_KEY`` set -> ``online``.
+    3. A ``~/.netrc`` (or ``$NETRC``) entry for the W&B host (``$WANDB_BASE_URL``, default
+       ``api.wandb.ai``; ``wandb login`` writes it) -> ``online``.
+    4. Otherwise ``offline``.
 
     Raises:
         ValueError: if ``WANDB_MODE`` holds something other than online/offline/disabled/dryrun.
@@ -96,6 +104,14 @@ def resolve_wandb_mode() -> WandbMode:
             )
         return env  # type: ignore[return-value]
     return "online" if has_wandb_credentials() else "offline"
+
+
+def find_wandb_logger(trainer: L.Trainer) -> _LightningWandbLogger | None:
+    """The trainer's first W&B logger, or ``None`` (CSV-only runs)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, _LightningWandbLogger):
+            return logger
+    return None
 
 
 class WandbLogger(_LightningWandbLogger):

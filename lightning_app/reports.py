@@ -1,21 +1,17 @@
-"""Test reports: ``per_case.csv``, ``summary.md`` (the poster's table layout), W&B tables and
-predicted masks as NIfTI. Formatting and file writing only; the numbers come from
-``models.evaluation.TestResults`` (``pl_module.test_results``).
+"""Test reports: ``per_case.csv``, ``summary.md`` (the poster's table layout) and predicted
+masks as NIfTI; formatting and file writing only. The numbers come from
+``models.evaluation.TestResults``; :class:`lightning_app.callbacks.TestReport` writes the files
+into the run directory.
 
-Files, in the run directory (``trainer.default_root_dir``), written by rank 0:
+- ``per_case.csv``: one row per test case and foreground class (:data:`PER_CASE_COLUMNS`),
+  metrics as fractions, ``nan`` where undefined, HD95 in mm (voxels under ``transunet``).
+- ``summary.md``: the poster's table (percent, 2 decimals), every metric per class and the
+  empty-mask counts with the policy in force.
+- ``predictions/<case>.nii.gz`` (:func:`write_prediction`) with ``save_predictions=True``.
 
-- ``per_case.csv``: one row per test case and foreground class, sorted by case index then
-  label; columns ``index, case, class, label, dice, iou, hd95, precision, recall, gt_empty,
-  pred_empty`` (metrics as fractions with full float precision, ``nan`` where undefined; HD95
-  in mm, or in voxels under ``protocol="transunet"``).
-- ``summary.md``: the poster's table (values in percent, 2 decimals) for the dataset, then
-  every metric per class (HD95 included) and the empty-mask counts with the policy in force.
-- ``predictions/<case>.nii.gz`` with ``save_predictions=True`` (every rank writes its cases).
-
-Poster layouts (:data:`POSTER_LAYOUTS`): Synapse ``mDice mIoU`` + Dice of Aorta, Gallbladder,
-Kidney left, Kidney right, Liver, Pancreas, Spleen, Stomach (alphabetical, as the tables);
-ACDC ``mDice mIoU`` + RV, MYO, LV; MSSEG-2 ``mDice mIoU mPrec mRec``; any other dataset
-``mDice mIoU`` + every class's Dice in label order.
+Poster layouts (:data:`POSTER_LAYOUTS`): Synapse ``mDice mIoU`` + the 8 organs' Dice in the
+tables' alphabetical order; ACDC ``mDice mIoU`` + RV, MYO, LV; MSSEG-2 ``mDice mIoU mPrec
+mRec``; any other dataset ``mDice mIoU`` + every class's Dice in label order.
 """
 
 from __future__ import annotations
@@ -29,14 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import nibabel as nib
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from datamodules.nifti import canonical_to_raw
-from lightning_app.callbacks import find_wandb_logger
 from models.evaluation import TestResults
 from models.metrics import METRIC_NAMES
 
@@ -44,7 +37,6 @@ __all__ = [
     "PER_CASE_COLUMNS",
     "POSTER_LAYOUTS",
     "PosterLayout",
-    "TestReport",
     "poster_table",
     "summary_markdown",
     "write_per_case_csv",
@@ -241,7 +233,8 @@ def _csv_value(value: Any) -> str:
 
 
 def write_per_case_csv(results: TestResults, path: str | os.PathLike) -> Path:
-    """Write ``per_case.csv`` (columns :data:`PER_CASE_COLUMNS`; see the module docstring)."""
+    """Write ``per_case.csv``: one row per case and foreground class, sorted by case index
+    then label, columns :data:`PER_CASE_COLUMNS` (metrics with full float precision)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -320,137 +313,3 @@ def write_prediction(pred: np.ndarray, batch: dict[str, Any], path: str | os.Pat
     nib.save(image, str(tmp))
     os.replace(tmp, path)
     return path
-
-
-# --------------------------------------------------------------------------------------------
-# the callback
-# --------------------------------------------------------------------------------------------
-class TestReport(Callback):
-    """Writes the test report of a ``test`` run (see the module docstring).
-
-    Reads ``pl_module.test_results`` (a :class:`models.evaluation.TestResults`, complete on
-    every rank once the test epoch has ended) in ``on_test_end``; rank 0 writes
-    ``per_case.csv`` and ``summary.md`` into the run directory, logs the W&B tables
-    ``test/per_case`` (one row per case and class) and ``test/summary`` (per-class and mean
-    values) when a W&B logger is attached, and prints the poster table and the paths at the
-    end of the run.
-
-    Args:
-        save_predictions: also write each test case's predicted mask (the ``pred`` that
-            ``test_step`` returns) to ``<run dir>/<predictions_dir>/<case>.nii.gz``, in the raw
-            case's geometry where the test batches carry it (see :func:`write_prediction`).
-        predictions_dir: folder name under the run directory for the masks.
-        label: first cell of the poster table's row (the CLI sets the loss preset's name);
-            default: the model's loss class name.
-    """
-
-    __test__ = False  # not a pytest test class despite its name
-
-    def __init__(
-        self,
-        save_predictions: bool = False,
-        predictions_dir: str = "predictions",
-        label: str | None = None,
-    ) -> None:
-        if not predictions_dir or os.path.isabs(predictions_dir):
-            raise ValueError(
-                "Expected argument `predictions_dir` to be a folder name relative to the run "
-                f"directory, but got {predictions_dir!r}"
-            )
-        self.save_predictions = bool(save_predictions)
-        self.predictions_dir = predictions_dir
-        self.label = label
-        self.paths: dict[str, Path] = {}
-        self._lines: list[str] = []
-
-    def run_dir(self, trainer: L.Trainer) -> Path:
-        return Path(trainer.default_root_dir)
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not self.save_predictions or not isinstance(outputs, dict) or "pred" not in outputs:
-            return
-        case = batch["case"][0] if isinstance(batch.get("case"), (list, tuple)) else None
-        if case is None:
-            case = f"case{int(batch['index'][0]):04d}"
-        pred = outputs["pred"]
-        if isinstance(pred, torch.Tensor):
-            pred = pred.detach().cpu().numpy()
-        out = self.run_dir(trainer) / self.predictions_dir / f"{case}.nii.gz"
-        write_prediction(pred, batch, out)
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        results = getattr(pl_module, "test_results", None)
-        if not isinstance(results, TestResults):
-            warnings.warn(
-                f"{type(pl_module).__name__} has no `test_results`; no test report written.",
-                stacklevel=2,
-            )
-            return
-        dataset = str(getattr(trainer.datamodule, "dataset_name", "") or "data")
-        label = self.label or type(getattr(pl_module, "loss", pl_module)).__name__
-        run_dir = self.run_dir(trainer)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        csv_path = write_per_case_csv(results, run_dir / "per_case.csv")
-        md_path = run_dir / "summary.md"
-        md_path.write_text(summary_markdown(results, dataset, label))
-        self.paths = {"per_case": csv_path.resolve(), "summary": md_path.resolve()}
-        self._log_wandb(trainer, results, dataset, label)
-        self._lines = [
-            "",
-            poster_table(results, dataset, label),
-            "",
-            f"Test report ({len(results.cases)} cases, protocol {results.protocol}):",
-            f"run directory : {run_dir.resolve()}",
-            f"per-case CSV  : {self.paths['per_case']}",
-            f"summary       : {self.paths['summary']}",
-        ]
-        if self.save_predictions:
-            self._lines.append(f"predictions   : {(run_dir / self.predictions_dir).resolve()}")
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # printed after Lightning's own results table, so the paths are the last lines
-        if stage == "test" and trainer.is_global_zero and self._lines:
-            print("\n".join(self._lines), flush=True)
-        self._lines = []
-
-    @staticmethod
-    def _log_wandb(trainer: L.Trainer, results: TestResults, dataset: str, label: str) -> None:
-        logger = find_wandb_logger(trainer)
-        if logger is None:
-            return
-        import wandb
-
-        def cell(v: Any) -> Any:
-            return None if isinstance(v, float) and math.isnan(v) else v
-
-        rows = results.per_case_rows()
-        per_case = wandb.Table(
-            columns=list(PER_CASE_COLUMNS),
-            data=[[cell(r[c]) for c in PER_CASE_COLUMNS] for r in rows],
-        )
-        summary_cols = ["dataset", "label", "protocol", "class", *METRIC_NAMES]
-        summary_rows = [
-            [dataset, label, results.protocol, name]
-            + [cell(float(results.per_class[m][i])) for m in METRIC_NAMES]
-            for i, name in enumerate(results.class_names)
-        ]
-        summary_rows.append(
-            [dataset, label, results.protocol, "mean"]
-            + [cell(results.mean[m]) for m in METRIC_NAMES]
-        )
-        logger.experiment.log(
-            {
-                "test/per_case": per_case,
-                "test/summary": wandb.Table(columns=summary_cols, data=summary_rows),
-            }
-        )

@@ -13,40 +13,26 @@ Test segments each whole volume slice by slice at the training size
 (:func:`models.inference.predict_volume`), scores every case with
 :class:`models.evaluation.CaseEvaluator` (Dice, IoU, HD95, precision, recall per class; exact
 under DDP) and logs ``test/<metric>/<class>`` and ``test/<metric>/mean``; the full table is
-left in ``test_results`` for the report callback (``lightning_app.reports.TestReport``).
+left in ``test_results`` for the report callback (``lightning_app.callbacks.TestReport``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, PolynomialLR
 
 from models.evaluation import CaseEvaluator, TestResults
 from models.inference import predict_volume
+from models.optimization import OptimizerFactory, SchedulerFactory, configure_optimization
 from models.scores import PooledDiceIoU
 
 __all__ = ["SegmentationModel", "metric_key", "OptimizerFactory", "SchedulerFactory"]
-
-#: ``optimizer(params) -> Optimizer`` (Lightning CLI: ``class_path`` + ``init_args``).
-OptimizerFactory = Callable[[Iterable], Optimizer]
-#: ``scheduler(optimizer, total_steps) -> LRScheduler``, stepped once per optimizer step;
-#: ``total_steps`` is ``trainer.estimated_stepping_batches`` (the whole fit). Fits any scheduler
-#: whose second positional parameter is the schedule length (``PolynomialLR.total_iters``,
-#: ``CosineAnnealingLR.T_max``).
-SchedulerFactory = Callable[[Optimizer, int], LRScheduler]
-
-# TransUNet's recipe (REFERENCE.md): SGD lr 0.01, momentum 0.9, weight decay 1e-4,
-# lr_t = lr_0 * (1 - t / T) ** 0.9 per iteration.
-TRANSUNET_SGD = {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
-TRANSUNET_POLY_POWER = 0.9
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
@@ -372,33 +358,18 @@ class SegmentationModel(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict:
-        """Optimizer over all parameters and a per-step scheduler for the whole fit.
-
-        ``total_steps = trainer.estimated_stepping_batches`` (max_epochs x batches per epoch /
-        accumulation, or max_steps).
+        """Optimizer over all parameters and a per-step scheduler for the whole fit
+        (:func:`models.optimization.configure_optimization`).
 
         Raises:
             ValueError: if the fit has no finite length (``max_epochs=-1`` and ``max_steps=-1``).
         """
-        if self.optimizer_factory is None:
-            optimizer = torch.optim.SGD(self.parameters(), **TRANSUNET_SGD)
-        else:
-            optimizer = self.optimizer_factory(self.parameters())
-        total = self.trainer.estimated_stepping_batches
-        if total is None or total == float("inf"):
-            raise ValueError(
-                "The scheduler needs a finite fit length: set `trainer.max_epochs` or "
-                f"`trainer.max_steps` (got estimated_stepping_batches={total})"
-            )
-        total = max(int(total), 1)
-        if self.scheduler_factory is None:
-            scheduler = PolynomialLR(optimizer, total_iters=total, power=TRANSUNET_POLY_POWER)
-        else:
-            scheduler = self.scheduler_factory(optimizer, total)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return configure_optimization(
+            self.parameters(),
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.trainer.estimated_stepping_batches,
+        )
 
 
 def _smp_archs() -> list[str]:

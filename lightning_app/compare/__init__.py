@@ -1,63 +1,18 @@
-"""``python -m lightning_app.compare``: train and test every loss x seed, then tabulate them.
+"""``python -m lightning_app.compare {losses,sweep-k}`` (``make compare``, ``make sweep-k``).
 
-Two modes (``make compare`` and ``make sweep-k``)::
+Every (row, seed) run is the template's own CLI in a subprocess (``fit``, then ``test`` of
+``last.ckpt``) with ``configs/base.yaml``, ``data/<dataset>.yaml``, the loss config, and where
+they exist ``experiment/<dataset>.yaml`` (the recipe) and ``experiment/compare_<dataset>.yaml``
+(the comparison protocol); ``ARGS`` come last and win. Modules: ``plan`` (what to run; run
+names ``compare-<loss>-seed<seed>-<hash>``, the hash over the dataset, the parsed yaml contents,
+the overrides and the test checkpoint), ``runs`` (one run's state on disk and its resume),
+``launchers`` and ``slurm`` (how to run it), ``job`` (what a launched job runs), ``report``
+(tables, plots, W&B), ``command`` (the command line).
 
-    python -m lightning_app.compare losses  --dataset phantom [--seeds 3]
-        [--losses ce ce_dice focal_dice topk_ce_dice ce_topk_dice] [-- <Lightning CLI overrides>]
-    python -m lightning_app.compare sweep-k --dataset phantom --k 5 10 20 50 100 [-- <overrides>]
-
-Every run is the template's own CLI in a subprocess, with identical settings apart from the
-loss (or K) and the seed::
-
-    python -m lightning_app fit  --config configs/base.yaml --config configs/data/<dataset>.yaml
-        --config configs/loss/<loss>.yaml [--config configs/compare/<dataset>.yaml]
-        [--config <out>/runs/<group>.logger.yaml] --seed_everything=<seed>
-        --trainer.default_root_dir=<out>/runs/<run name> [K override] <overrides>
-    python -m lightning_app test <the same arguments> --ckpt_path=<run>/checkpoints/last.ckpt
-
-``configs/compare/<dataset>.yaml`` (when present) holds the comparison's own defaults for the
-dataset (epochs). ``<overrides>`` (``make ... ARGS=...``) come last and win.
-
-Run names are deterministic, ``compare-<loss>-seed<seed>-<hash>`` and
-``sweepk-k<K>-seed<seed>-<hash>``; the 8-hex hash covers everything that defines the run
-besides the loss/K and seed: the dataset, the parsed contents of the yaml files above (comments
-and formatting do not count), the overrides and the test checkpoint. Changing ``ARGS`` therefore
-starts a new set of runs instead of mixing settings, while comparisons that differ only in
-their seeds or losses share their common runs (``SEEDS=1`` then ``SEEDS=3`` adds two seeds). The runs live in ``<out>/runs/<run name>/``
-(a normal run directory: config.yaml, checkpoints/, csv/, wandb/, per_case.csv, summary.md) with
-the subprocess output in ``<run name>/compare.log``.
-
-Resume: a run whose ``per_case.csv`` exists is finished and skipped; a run whose fit completed
-(marker ``compare-fit.done``) is only tested; a run with ``checkpoints/last.ckpt`` but no marker
-continues with ``fit --ckpt_path=<last.ckpt>``; a run directory that holds a config but no
-checkpoint (a fit that died in its first epoch) is renamed ``<name>.stale-<time>`` and started
-again. So an interrupted ``make compare`` is resumed by running the same command again.
-
-All runs of one comparison share the W&B group ``compare-<dataset>-<hash>`` (``sweepk-...`` for
-a sweep; project ``topk-dice-<dataset>``, set by the CLI): the group is written into the W&B
-logger entry of a small logger overlay yaml (``<out>/runs/<group>.logger.yaml``), since a
-single field of a list entry cannot be overridden on the command line. The table and the plots
-are then logged by a W&B run of their own (same project and group, job type ``comparison``;
-offline without credentials, nothing with ``WANDB_MODE=disabled``).
-
-Launchers (``--launcher``, ``make compare LAUNCHER=...``): ``inprocess`` (default, one run after
-another), ``local`` (``--jobs`` runs at once on this machine, one per GPU, ``--runs-per-gpu``;
-:class:`~lightning_app.compare.launchers.LocalPool`) and ``slurm`` (one ``sbatch`` job per run,
-``--sbatch``, ``--no-wait``; :mod:`lightning_app.compare.slurm`). The package's modules:
-``plan`` (what to run), ``runs`` (one run's state and steps), ``launchers`` and ``slurm`` (how
-to run it), ``job`` (what a launched job runs), ``report`` (tables, plots, W&B), ``command``.
-
-Outputs in ``<out>`` (default ``results/<dataset>``), ``<name>`` = ``comparison`` or ``sweep_k``:
-
-- ``<name>.md``: the table in the poster's layout (rows in the poster's order, named as in the
-  poster; mean ± std over seeds in percent, best per column in bold, Wilcoxon p-value against
-  the reference row, see :mod:`lightning_app.statistics`) and the plots;
-- ``<name>.csv``: the same table, machine-readable (percent, columns ``<title>`` and
-  ``<title> std``, ``wilcoxon p``, ``wilcoxon pairs``, ``best``);
-- ``<name>_per_case.csv``: every run's per-case rows (row label, preset, seed, run, case, class,
-  dice, iou, precision, recall, hd95; fractions), from which the p-values can be recomputed;
-- ``<name>_per_class_dice.png``, ``<name>_val_dice.png`` and, for the sweep,
-  ``sweep_k_mdice_vs_k.png``.
+An interrupted comparison resumes by running the same command again; runs that differ only in
+seeds or losses are shared between comparisons. All runs of one comparison share the W&B group
+``compare-<dataset>-<hash>``, written into a logger overlay yaml
+(``<out>/runs/<group>.logger.yaml``). Outputs go to ``<out>`` (default ``results/<dataset>``).
 """
 
 from lightning_app.compare.command import build_parser, main

@@ -7,14 +7,12 @@
 calls ``prepare_data``: the launchers call it once before they fan out, so the grid's runs find
 the data prepared (``prepare_data`` is also safe under concurrency: :mod:`datamodules.locking`).
 
-``run`` brings one run to ``done`` (:func:`lightning_app.compare.runs.execute_run`): a new fit,
-or a fit continued from the run's newest checkpoint, then the test. It is the body of a SLURM
-job, so it is written for requeues: a requeued job runs the same command again, which finds the
-run's checkpoints and continues from them (same run directory, same W&B run id). SIGUSR1 (the
-signal that ``sbatch --signal=B:USR1@<s>`` sends before a time limit or a preemption) and
-SIGTERM are forwarded to the fit, where Lightning's ``SLURMEnvironment`` (auto-requeue) saves
-``hpc_ckpt_<n>.ckpt`` into the run directory and requeues the job with ``scontrol requeue``.
-Without a thread count in the environment, the job uses ``$SLURM_CPUS_PER_TASK`` threads.
+``run`` brings one run to ``done`` (:func:`lightning_app.compare.runs.execute_run`): a new or
+continued fit, then the test. As the body of a SLURM job it survives requeues: the same command
+finds the run's checkpoints and continues (same run directory, same W&B run id). SIGUSR1
+(``sbatch --signal=B:USR1@<s>``) and SIGTERM are forwarded to the fit, where Lightning's
+``SLURMEnvironment`` saves ``hpc_ckpt_<n>.ckpt`` and requeues the job. Without a thread count
+in the environment, the job uses ``$SLURM_CPUS_PER_TASK`` threads.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Three launchers bring the missing runs of a plan to ``done``
 (:func:`lightning_app.compare.runs.execute_run`):
 
 - in-process (``launcher=None``): one run after another, stopping at the first failure;
-- :class:`LocalPool` (``LAUNCHER=local JOBS=N``): N runs at once on this machine, each with its
+- :class:`LocalPool` (``LAUNCHER=local JOBS=N``): N runs at once on the local host, each with its
   own slot: one visible GPU per run (``CUDA_VISIBLE_DEVICES``), ``runs_per_gpu`` runs packed on
   each GPU, or on CPU the cores divided between the runs (``OMP_NUM_THREADS``);
 - :class:`lightning_app.compare.slurm.SlurmLauncher` (``LAUNCHER=slurm``): one SLURM job per run.
@@ -104,7 +104,7 @@ def visible_gpus() -> list[str]:
 
 @dataclass
 class LocalPool:
-    """N runs at once on this machine.
+    """N runs at once on the local host.
 
     Attributes:
         jobs: runs at once; default: one per GPU slot (``len(gpus) * runs_per_gpu``), or 1

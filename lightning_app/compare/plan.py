@@ -173,10 +173,13 @@ class Comparison:
         return self.configs_dir / "loss" / f"{entry.loss}.yaml"
 
     def common_configs(self) -> list[Path]:
-        """base + data (+ the comparison's dataset defaults), shared by every run."""
+        """Shared by every run: ``base.yaml``, ``data/<dataset>.yaml``, then where they exist
+        the dataset's training recipe ``experiment/<dataset>.yaml`` and the comparison
+        protocol ``experiment/compare_<dataset>.yaml``."""
         files = [self.configs_dir / "base.yaml", self.configs_dir / "data" / f"{self.dataset}.yaml"]
-        extra = self.configs_dir / "compare" / f"{self.dataset}.yaml"
-        return files + ([extra] if extra.is_file() else [])
+        experiments = self.configs_dir / "experiment"
+        extra = [experiments / f"{self.dataset}.yaml", experiments / f"compare_{self.dataset}.yaml"]
+        return files + [p for p in extra if p.is_file()]
 
     def _settings(self, entry: Entry | None) -> dict:
         def parsed(path: Path) -> object:

@@ -1,6 +1,12 @@
 """One run of a comparison: its state on disk (done / fitted / resume / stale / new), the
 fit + test subprocesses that bring it to ``done`` whatever launcher calls them, and the run's
-description as JSON for jobs that run elsewhere (:mod:`lightning_app.compare.job`)."""
+description as JSON for jobs that run elsewhere (:mod:`lightning_app.compare.job`).
+
+A run with ``per_case.csv`` is done and skipped; one whose fit completed (marker
+``compare-fit.done``) is only tested; one with ``checkpoints/last.ckpt`` but no marker
+continues with ``fit --ckpt_path=<last.ckpt>``; one that holds a config but no checkpoint (a fit
+that died in its first epoch) is renamed ``<name>.stale-<time>`` and started again. Each run's
+subprocess output is in ``<run dir>/compare.log``."""
 
 from __future__ import annotations
 
@@ -12,7 +18,6 @@ from pathlib import Path
 
 from datamodules.atomic import atomic_write_text
 from lightning_app.checkpoints import resume_checkpoint
-from lightning_app.cli import RUN_NAME_ENV
 from lightning_app.compare.interrupt import run_child
 from lightning_app.compare.plan import (
     FIT_DONE,
@@ -22,6 +27,7 @@ from lightning_app.compare.plan import (
     Runner,
     RunSpec,
 )
+from lightning_app.run_dir import RUN_NAME_ENV
 
 
 # ---------------------------------------------------------------------- run states

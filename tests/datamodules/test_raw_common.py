@@ -80,8 +80,10 @@ def test_rebuild_on_changed_raw_file(fake: Fake) -> None:
     lab = np.asarray(nib.load(str(fake.label)).dataobj).copy()
     lab[:] = 0
     lab[0, 0, 0] = 1
-    time.sleep(0.01)
+    old_mtime = fake.label.stat().st_mtime_ns
     write_nifti(fake.label, lab, nib.load(str(fake.label)).affine)
+    # a coarse file-system clock may keep the mtime: move it on explicitly
+    os.utime(fake.label, ns=(old_mtime + 10**9, old_mtime + 10**9))
     fake.dm().prepare_data()
     after = snapshot(fake)
     assert after["train"][2] != before["train"][2]

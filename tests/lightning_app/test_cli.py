@@ -12,8 +12,9 @@ import yaml
 
 import lightning_app
 from lightning_app.callbacks import RunSummary
-from lightning_app.cli import SegmentationCLI, dataset_name, loss_name
+from lightning_app.cli import SegmentationCLI
 from lightning_app.loggers import WandbLogger, has_wandb_credentials, resolve_wandb_mode
+from lightning_app.run_dir import dataset_name, loss_name
 from models import SegmentationModel
 from tests.conftest import CONFIGS, REPO
 from tests.lightning_app.wandb_records import history_and_summary, run_meta
@@ -81,7 +82,7 @@ def test_trainer_presets_parse(trainer_cfg: Path, tiny_env: Path) -> None:
             f"--config={CONFIGS / 'data' / 'phantom.yaml'}",
             f"--config={CONFIGS / 'loss' / 'ce.yaml'}",
             f"--config={trainer_cfg}",
-            # this machine has no GPU: keep the preset's other keys, run on one CPU process
+            # the test needs no GPU: keep the preset's other keys, run on one CPU process
             "--trainer.accelerator=cpu",
             "--trainer.devices=1",
             "--trainer.strategy=auto",

@@ -564,10 +564,10 @@ def test_wandb_table_logged_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert summary[f"comparison/{plot}/_type"] == "image-file"
 
 
-COMPARE_CONFIGS = sorted((CONFIGS / "compare").glob("*.yaml"))
+COMPARE_CONFIGS = sorted((CONFIGS / "experiment").glob("compare_*.yaml"))
 
 
-@pytest.mark.parametrize("cfg", COMPARE_CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("cfg", COMPARE_CONFIGS, ids=lambda p: p.stem.removeprefix("compare_"))
 def test_compare_configs_parse_with_their_dataset(
     cfg: Path, tiny_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -576,7 +576,7 @@ def test_compare_configs_parse_with_their_dataset(
     monkeypatch.setattr(sys, "argv", ["lightning_app"])  # the CLI warns about pytest's argv
 
     comparison = Comparison(
-        dataset=cfg.stem, entries=loss_entries(["ce_topk_dice"]), seeds=[1],
+        dataset=cfg.stem.removeprefix("compare_"), entries=loss_entries(["ce_topk_dice"]), seeds=[1],
         out_dir=tiny_env / "results", configs_dir=CONFIGS,
     )  # fmt: skip
     (spec,) = comparison.plan(comparison.logger_overlay())
@@ -588,15 +588,16 @@ def test_compare_configs_parse_with_their_dataset(
     wb = [lg for lg in cli.trainer.loggers if type(lg).__name__ == "WandbLogger"]
     assert wb and wb[0]._wandb_init["group"] == comparison.group
     optimizer = cli.model.optimizer_factory(cli.model.parameters())
-    if cfg.stem == "phantom":  # the CPU demo trains with AdamW (see configs/compare/phantom.yaml)
+    dataset = cfg.stem.removeprefix("compare_")
+    if dataset == "phantom":  # the CPU demo trains with AdamW (configs/experiment/compare_phantom)
         assert type(optimizer).__name__ == "AdamW" and optimizer.defaults["lr"] == 1e-3
         assert cli.datamodule.num_test == 16
     else:  # the poster's datasets keep TransUNet's SGD recipe
         assert type(optimizer).__name__ == "SGD" and optimizer.defaults["lr"] == 0.01
         assert optimizer.defaults["momentum"] == 0.9
-    if cfg.stem in ("synapse", "acdc"):
+    if dataset in ("synapse", "acdc"):
         assert cli.model.test_evaluator.protocol == "transunet"
-    if cfg.stem == "synapse":
+    if dataset == "synapse":
         assert cli.datamodule.train_on_all is True  # TransUNet trains on all 18 cases
 
 

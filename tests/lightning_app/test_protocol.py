@@ -55,7 +55,7 @@ def test_paper_configs_select_transunet_protocol_and_seed(
             f"--config={CONFIGS / 'base.yaml'}",
             f"--config={CONFIGS / 'data' / f'{dataset}.yaml'}",
             f"--config={CONFIGS / 'loss' / 'ce_dice.yaml'}",
-            f"--config={CONFIGS / 'compare' / f'{dataset}.yaml'}",
+            f"--config={CONFIGS / 'experiment' / f'compare_{dataset}.yaml'}",
             f"--data.data_dir={tiny_env / 'data'}",
         ],
     )

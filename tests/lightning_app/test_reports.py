@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from datamodules.nifti import raw_to_canonical
+from lightning_app.callbacks.test_report import TestReport
 from lightning_app.reports import (
     PER_CASE_COLUMNS,
-    TestReport,
     poster_table,
     summary_markdown,
     write_per_case_csv,

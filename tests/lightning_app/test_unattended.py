@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from datamodules import SynapseDataModule
-from lightning_app.callbacks import ProgressBar, _clock
+from lightning_app.callbacks.progress_bar import ProgressBar, _clock
 from lightning_app.cli import SegmentationCLI, check_batch_norm_batch_size
 from lightning_app.loggers import WandbLogger, wandb_server_reachable
 from tests.conftest import PYTHON, REPO, tiny_args

@@ -1,0 +1,25 @@
+"""Callbacks of the application, one module each.
+
+- :class:`ProgressBar` (``progress_bar``): rich bars on a terminal, plain lines in log files.
+- :class:`WandbPanels` (``wandb_panels``): per-class score table and image overlays in W&B.
+- :class:`RunSummary` (``run_summary``): where the run's outputs are, printed at the end of fit.
+- :class:`TestReport` (``test_report``): ``per_case.csv``, ``summary.md`` and masks of ``test``.
+
+Without a W&B logger, :class:`WandbPanels` does nothing and :class:`RunSummary` prints what
+exists (checkpoints, CSV logs, config). Configs name them as ``lightning_app.callbacks.<Class>``.
+"""
+
+from lightning_app.callbacks.progress_bar import ProgressBar, stdout_is_terminal
+from lightning_app.callbacks.run_summary import RunSummary
+from lightning_app.callbacks.test_report import TestReport
+from lightning_app.callbacks.wandb_panels import WandbPanels
+from lightning_app.loggers import find_wandb_logger
+
+__all__ = [
+    "ProgressBar",
+    "RunSummary",
+    "TestReport",
+    "WandbPanels",
+    "find_wandb_logger",
+    "stdout_is_terminal",
+]
