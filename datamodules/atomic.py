@@ -1,7 +1,8 @@
 """Files that appear under their final name only when complete.
 
 :func:`atomic_path` yields a temporary path in the same folder as the final one
-(``.<name>.tmp-<pid>``); when the block ends without error the file is flushed to disk and
+(``.tmp-<pid>-<name>``, so writers that go by the suffix, such as
+nibabel's, still see it); when the block ends without error the file is flushed to disk and
 renamed onto the final name (``os.replace``: atomic on POSIX), otherwise it is removed. A
 reader therefore sees either the previous file or the complete new one, never a truncated
 file, whatever stops the writer (a full disk, a SIGKILL, a lost node). A full disk, a quota, a
@@ -46,7 +47,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             is named; no file is left under either name).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # same suffixes: .nii.gz stays
     try:
         yield tmp
         _fsync(tmp)

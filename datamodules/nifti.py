@@ -27,6 +27,8 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
+from datamodules.atomic import atomic_path
+
 __all__ = [
     "canonical_to_raw",
     "load_nifti_canonical",
@@ -225,5 +227,6 @@ def save_nifti_like(
     out.set_qform(ref.get_qform(), code=int(ref.header["qform_code"]))
     out.set_sform(ref.get_sform(), code=int(ref.header["sform_code"]))
     out_path = Path(out_path)
-    nib.save(out, str(out_path))
+    with atomic_path(out_path) as tmp:  # a full disk leaves no truncated file under its name
+        nib.save(out, str(tmp))
     return out_path

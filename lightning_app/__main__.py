@@ -1,6 +1,10 @@
-"""``python -m lightning_app {fit,validate,test,predict} --config ...`` (see lightning_app.cli)."""
+"""``python -m lightning_app {fit,validate,test,predict} --config ... [--debug]`` (see
+lightning_app.cli; a bad argument or an unwritable file is one line, lightning_app.errors)."""
+
+import sys
 
 from lightning_app.cli import main
+from lightning_app.errors import run_reporting_errors
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors(main))

@@ -4,12 +4,14 @@ Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction whose loc
 file lives in the system's temporary folder; committing it copies the bytes onto the final
 name, so a full disk leaves a truncated ``best-*.ckpt`` that a later ``make eval`` loads.
 :class:`AtomicCheckpointIO` writes ``torch.save`` output beside the final name and renames it
-when complete (:func:`datamodules.atomic.atomic_path`); a full disk or a forbidden folder stops
+when complete (:func:`datamodules.atomic.atomic_path`; the bytes are built in memory first, as
+Lightning's own save does); a full disk or a forbidden folder stops
 the run with one line naming the checkpoint, and the previous file of that name is kept.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -38,5 +40,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        # serialised in memory first: torch's zip writer reports a full disk as a RuntimeError
+        # without errno or file name, Python's file writes as the OSError that names it
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())

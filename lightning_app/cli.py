@@ -10,7 +10,9 @@
   and the W&B run (id, name, project, group, tags) into it. These derived values are not saved
   in ``config.yaml``, so ``--config <run>/config.yaml --ckpt_path last`` continues a run; a
   requeued SLURM ``fit`` resumes by itself (:mod:`lightning_app.checkpoints`);
-- drops W&B loggers under ``WANDB_MODE=disabled`` (CSV only).
+- drops W&B loggers under ``WANDB_MODE=disabled`` (CSV only);
+- refuses abbreviated flags, and checks before a fit writes anything that the network accepts
+  the image size (:mod:`lightning_app.preflight`).
 
 Everything else comes from ``configs/{base.yaml,data/,experiment/,loss/,trainer/}``.
 """
@@ -31,6 +33,7 @@ from datamodules.nnunet_layout import DatasetError
 from lightning_app.callbacks.test_report import TestReport
 from lightning_app.checkpoints import resume_checkpoint, slurm_restart_count
 from lightning_app.loggers import resolve_wandb_mode
+from lightning_app.preflight import run_fit_checks
 from lightning_app.run_dir import (
     RUN_NAME_ENV,
     class_name,
@@ -95,6 +98,11 @@ class SegmentationCLI(LightningCLI):
         self.run_dir: str | None = None
         self._generated_name = False
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # `--trainer.max_epoch=1` must fail, not be taken for `--trainer.max_epochs`
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attr in ("num_classes", "class_names", "in_channels", "image_size"):
@@ -219,8 +227,10 @@ class SegmentationCLI(LightningCLI):
                 cb.config = self._sub_config(unresolved)
 
     def before_fit(self) -> None:
-        """Refuse ``batch_size=1`` with BatchNorm before anything is written."""
+        """Before anything is written: refuse ``batch_size=1`` with BatchNorm and an image
+        size the network rejects; warn about bf16 on a CPU without it (:mod:`.preflight`)."""
         check_batch_norm_batch_size(self.model, self.datamodule)
+        run_fit_checks(self)
 
     def _forget_generated_name(self) -> None:
         # a later CLI call in the same Python process must invent its own run name

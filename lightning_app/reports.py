@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from datamodules.atomic import atomic_path
 from datamodules.nifti import canonical_to_raw
 from models.evaluation import TestResults
 from models.metrics import METRIC_NAMES
@@ -237,7 +238,7 @@ def write_per_case_csv(results: TestResults, path: str | os.PathLike) -> Path:
     then label, columns :data:`PER_CASE_COLUMNS` (metrics with full float precision)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(PER_CASE_COLUMNS)
         for row in results.per_case_rows():
@@ -309,7 +310,6 @@ def write_prediction(pred: np.ndarray, batch: dict[str, Any], path: str | os.Pat
             finite = matrix is not None and np.isfinite(np.asarray(matrix, np.float64)).all()
             setter(np.asarray(matrix, np.float64) if finite else out_affine, code=int(code))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name.removesuffix('.nii.gz')}.{os.getpid()}.tmp.nii.gz")
-    nib.save(image, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))
     return path

@@ -104,6 +104,7 @@ class ProgressBar(RichProgressBar):
         self._print = print_fn or (lambda line: print(line, flush=True))
         self._fit_t0 = self._fit_step0 = 0.0
         self._epoch_t0 = self._last_line = 0.0
+        self._epoch_batch0: int | None = None
         self._samples = 0
         self._loss_sum = 0.0
         self._loss_n = 0
@@ -154,6 +155,7 @@ class ProgressBar(RichProgressBar):
         super().on_train_start(trainer, pl_module)
         self._fit_t0 = time.monotonic()
         self._fit_step0 = trainer.global_step
+        self._start_epoch_clock()  # a fit resumed mid-epoch starts no epoch
         if self._emit(trainer):
             total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
             self._print(
@@ -164,7 +166,13 @@ class ProgressBar(RichProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
+        self._start_epoch_clock()
+
+    def _start_epoch_clock(self) -> None:
+        """Rates and ETAs count the steps from here: an epoch's start, or the (re)start of a
+        fit (which may resume in the middle of an epoch, at batch ``_epoch_batch0``)."""
         self._epoch_t0 = self._last_line = time.monotonic()
+        self._epoch_batch0 = None
         self._samples = 0
         self._loss_sum, self._loss_n = 0.0, 0
         self._epoch_loss_sum, self._epoch_loss_n = 0.0, 0
@@ -180,6 +188,8 @@ class ProgressBar(RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if not self._emit(trainer):
             return
+        if self._epoch_batch0 is None:
+            self._epoch_batch0 = batch_idx
         self._samples += _batch_size(batch)
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
@@ -193,8 +203,9 @@ class ProgressBar(RichProgressBar):
             return
         total = self.total_train_batches
         done = batch_idx + 1
+        here = done - self._epoch_batch0  # steps since the epoch's clock started
         elapsed = now - self._epoch_t0
-        epoch_eta = elapsed / done * (total - done) if isinstance(total, int) and done else math.nan
+        epoch_eta = elapsed / here * (total - done) if isinstance(total, int) and here else math.nan
         total_text = total if isinstance(total, int) else "?"
         loss_text = f"{self._loss_sum / self._loss_n:.4f}" if self._loss_n else "n/a"
         self._print(

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from datamodules.atomic import atomic_write_text
 from lightning_app.loggers import find_wandb_logger
 from lightning_app.reports import (
     PER_CASE_COLUMNS,
@@ -107,7 +108,7 @@ class TestReport(Callback):
         run_dir.mkdir(parents=True, exist_ok=True)
         csv_path = write_per_case_csv(results, run_dir / "per_case.csv")
         md_path = run_dir / "summary.md"
-        md_path.write_text(summary_markdown(results, dataset, label))
+        atomic_write_text(md_path, summary_markdown(results, dataset, label))
         self.paths = {"per_case": csv_path.resolve(), "summary": md_path.resolve()}
         self._log_wandb(trainer, results, dataset, label)
         self._lines = [

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from datamodules.atomic import WriteError
 from lightning_app.predict.checkpoint import load_checkpoint
 from lightning_app.predict.writing import predict_files
 
@@ -23,6 +24,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lightning_app.predict",
+        allow_abbrev=False,
         description=(
             "Segment NIfTI volumes with a trained checkpoint; writes OUTPUT/<case>.nii.gz with "
             "each input's shape and affine. Multi-channel models (MSSEG-2) take one folder per "
@@ -62,5 +64,5 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             flush=True,
         )
         return predict_files(loaded, args.input, args.output, args.batch_size, device)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, WriteError) as err:  # WriteError: a full disk
         parser.exit(2, f"error: {err}\n")

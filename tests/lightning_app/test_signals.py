@@ -98,3 +98,31 @@ def test_group_signal_with_a_worker_saves_mid_epoch_and_resumes(
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["global_step"] == 8  # 2 epochs x 4 steps, none redone
     assert (run / FIT_COMPLETE).is_file()
+
+
+@pytest.mark.slow
+def test_group_sigterm_under_ddp_saves_at_one_step_on_every_rank(tmp_path: Path) -> None:
+    """Two CPU ranks (gloo), each with a loader worker, all in one process group: the ranks
+    agree on the step to stop at, so the save (a collective) does not hang."""
+    ready = tmp_path / "ready"
+    hold = [
+        "--trainer.accelerator=cpu",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--data.batch_size=2",  # 8 slices per rank: 4 steps per epoch
+        "--trainer.callbacks+=tests.lightning_app.signal_helpers.HoldForSignal",
+        "--trainer.callbacks.step=1",
+        f"--trainer.callbacks.ready={ready}",
+    ]
+    proc = _fit(tmp_path, *hold, log="ddp.log")
+    log = tmp_path / "ddp.log"
+    _wait_for(ready, proc, log)
+    os.killpg(proc.pid, signal.SIGTERM)
+    rc = proc.wait(timeout=300)
+    text = log.read_text()
+    assert rc == 128 + signal.SIGTERM, text[-3000:]
+    assert "Traceback" not in text and "killed by signal" not in text, text[-3000:]
+    state = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert 1 <= state["global_step"] <= 2 and state["epoch"] == 0  # mid-epoch
