@@ -41,6 +41,8 @@ __all__ = [
     "dataset_columns",
     "empty_counts",
     "group_comparison_rows",
+    "gt_present",
+    "infer_dataset",
     "per_case_rows",
     "read_per_case_csv",
     "run_column_value",

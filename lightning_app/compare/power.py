@@ -192,7 +192,8 @@ def power_report(
     if reference is not None and reference not in scores:
         raise ValueError(f"Expected `reference` to be one of {list(scores)}, got {reference!r}")
     if reference is None:
-        reference = "CE + topK-Dice" if "CE + topK-Dice" in scores else next(iter(scores))
+        found = [name for name in ("CE + topK-Dice", "K=100") if name in scores]
+        reference = found[0] if found else next(iter(scores))  # as analysis.default_reference
     c = pilot_components(scores, reference)
     s, u = c.n_seeds, c.n_units
     lines = [
