@@ -200,7 +200,7 @@ class SliceDataModule(L.LightningDataModule):
                 return False
         try:
             plan = self._plan()
-            check_splits(plan)
+            self._check_splits(plan)
             if self.is_prepared(self.fingerprint(plan)):
                 return True
             problem = "has changed since the split files were written"
@@ -213,6 +213,11 @@ class SliceDataModule(L.LightningDataModule):
             flush=True,
         )
         return True
+
+    def _check_splits(self, plan: dict[str, list[CaseSpec]]) -> None:
+        """Every split non-empty, the test split disjoint from the others (subclasses with
+        another protocol override it)."""
+        check_splits(plan)
 
     def is_prepared(self, fingerprint: str) -> bool:
         """True when all three split files exist with this fingerprint and format version."""
@@ -245,7 +250,7 @@ class SliceDataModule(L.LightningDataModule):
         if self._prepared_for_evaluation():
             return
         plan = self._plan()
-        check_splits(plan)
+        self._check_splits(plan)
         fp = self.fingerprint(plan)
         if self.is_prepared(fp):
             return

@@ -2,7 +2,8 @@
 
 A run directory holds up to two kinds of resumable checkpoint:
 
-- ``checkpoints/last.ckpt``: written by ``ModelCheckpoint(save_last=True)`` at every epoch end,
+- ``checkpoints/last.ckpt``: written by :class:`lightning_app.callbacks.BestAndLastCheckpoint`
+  at every epoch end,
   and by :class:`CheckpointOnTerminate` when the process receives SIGTERM or SIGINT mid-epoch
   (``scontrol requeue``, ``scancel``, a preemption, the end of a time limit without
   ``--signal``);
@@ -124,7 +125,7 @@ class CheckpointOnTerminate(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
-        if trainer.is_global_zero and not trainer.sanity_checking:
+        if trainer.is_global_zero and not trainer.fast_dev_run:  # fast_dev_run saves nothing
             write_fit_complete(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -182,5 +183,6 @@ def write_fit_complete(trainer: L.Trainer) -> Path:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     path = Path(trainer.default_root_dir) / FIT_COMPLETE
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return path

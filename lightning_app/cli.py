@@ -20,7 +20,6 @@ Everything else comes from ``configs/{base.yaml,data/,experiment/,loss/,trainer/
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from torch import nn
 
-from datamodules.nnunet_layout import DatasetError
 from lightning_app.callbacks.test_report import TestReport
 from lightning_app.checkpoints import resume_checkpoint, slurm_restart_count
 from lightning_app.loggers import resolve_wandb_mode
@@ -199,7 +197,7 @@ class SegmentationCLI(LightningCLI):
                     if args.get(key) is None:
                         args[key] = value
         for cb in _as_list(cfg.trainer.get("callbacks")):
-            if _is(cb, ("ModelCheckpoint",)):
+            if _is(cb, ("ModelCheckpoint", "BestAndLastCheckpoint")):
                 if cb.init_args.get("dirpath") is None:
                     cb.init_args.dirpath = os.path.join(run_dir, "checkpoints")
         model, data_args = cfg.get("model"), (cfg.get("data") or Namespace()).get("init_args")
@@ -251,10 +249,6 @@ class SegmentationCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> SegmentationCLI:
-    """Entry point of ``python -m lightning_app``; ``args`` defaults to ``sys.argv[1:]``.
-    A bad raw dataset (``DatasetError``) ends the run with its one-line message, exit code 2."""
-    try:
-        return SegmentationCLI(args=args)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Entry point of ``python -m lightning_app``; ``args`` defaults to ``sys.argv[1:]``
+    (``__main__`` wraps it in :func:`lightning_app.errors.run_reporting_errors`)."""
+    return SegmentationCLI(args=args)

@@ -29,6 +29,7 @@ from torch import nn
 
 from models.evaluation import CaseEvaluator, TestResults
 from models.inference import predict_volume
+from models.loss_setup import apply_ignore_index, batch_context
 from models.optimization import OptimizerFactory, SchedulerFactory, configure_optimization
 from models.scores import PooledDiceIoU
 
@@ -173,7 +174,7 @@ class SegmentationModel(L.LightningModule):
             classes=num_classes,
             **(model_kwargs or {}),
         )
-        self.ignore_index = _apply_ignore_index(loss, ignore_index, num_classes)
+        self.ignore_index = apply_ignore_index(loss, ignore_index, num_classes)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -247,7 +248,7 @@ class SegmentationModel(L.LightningModule):
         failed = error is not None or not bool(torch.isfinite(loss))
         # under DDP every process stops at the same step (else the others wait in a collective)
         if self._on_any_process(failed):
-            context = self._batch_context(batch, batch_idx)
+            context = batch_context(batch, batch_idx, self.global_step, self.current_epoch)
             if error is not None:
                 if type(error) in (ValueError, TypeError):
                     raise type(error)(f"{error} [{context}]") from error
@@ -276,23 +277,6 @@ class SegmentationModel(L.LightningModule):
         if trainer is None or trainer.world_size == 1:
             return flag
         return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
-
-    def _batch_context(self, batch: dict[str, Any], batch_idx: int) -> str:
-        """``"global step 12, epoch 0, batch 3, cases ['case0001 slice 40', ...]"``."""
-        cases = batch.get("case")
-        if cases is None:
-            keys = ", ".join(sorted(map(str, batch)))
-            where = f"case ids not in the batch (keys: {keys})"
-        else:
-            cases = [cases] if isinstance(cases, str) else [str(c) for c in cases]
-            index = batch.get("slice")
-            if index is not None:
-                index = torch.as_tensor(index).reshape(-1).tolist()
-            if index is not None and len(index) == len(cases):
-                cases = [f"{c} slice {i}" for c, i in zip(cases, index, strict=True)]
-            where = f"cases {cases}"
-        step, epoch = self.global_step, self.current_epoch
-        return f"global step {step}, epoch {epoch}, batch {batch_idx}, {where}"
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         image, target = batch["image"], batch["label"]
@@ -387,31 +371,6 @@ class SegmentationModel(L.LightningModule):
             self.scheduler_factory,
             self.trainer.estimated_stepping_batches,
         )
-
-
-def _apply_ignore_index(loss: nn.Module, ignore_index: int | None, num_classes: int) -> int | None:
-    """Set ``ignore_index`` on every (sub)module of ``loss`` that has that attribute (the
-    package's losses, or a user's loss that declares it) and leaves it None."""
-    if ignore_index is None:
-        return None
-    if (
-        isinstance(ignore_index, bool)
-        or not isinstance(ignore_index, int)
-        or (0 <= ignore_index < num_classes)
-    ):
-        raise ValueError(
-            f"Expected argument `ignore_index` to be None or an int outside [0, {num_classes}), "
-            f"but got {ignore_index!r}"
-        )
-    for module in loss.modules():
-        if hasattr(module, "ignore_index"):
-            if module.ignore_index not in (None, ignore_index):
-                raise ValueError(
-                    f"The loss {type(module).__name__} has ignore_index={module.ignore_index}, "
-                    f"but the dataset's ignore label is {ignore_index}"
-                )
-            module.ignore_index = ignore_index
-    return ignore_index
 
 
 def _smp_archs() -> list[str]:

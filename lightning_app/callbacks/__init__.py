@@ -1,5 +1,7 @@
 """Callbacks of the application, one module each.
 
+- :class:`BestAndLastCheckpoint` (``best_and_last``): the best checkpoint and ``last.ckpt`` at
+  every epoch.
 - :class:`ProgressBar` (``progress_bar``): rich bars on a terminal, plain lines in log files.
 - :class:`WandbPanels` (``wandb_panels``): per-class score table and image overlays in W&B.
 - :class:`RunSummary` (``run_summary``): where the run's outputs are, printed at the end of fit.
@@ -10,6 +12,7 @@ exists (checkpoints, CSV logs, config). Configs name them as ``lightning_app.cal
 ``CheckpointOnTerminate`` lives beside the resume logic, in :mod:`lightning_app.checkpoints`.
 """
 
+from lightning_app.callbacks.best_and_last import BestAndLastCheckpoint
 from lightning_app.callbacks.progress_bar import ProgressBar, stdout_is_terminal
 from lightning_app.callbacks.run_summary import RunSummary
 from lightning_app.callbacks.test_report import TestReport
@@ -17,6 +20,7 @@ from lightning_app.callbacks.wandb_panels import WandbPanels
 from lightning_app.loggers import find_wandb_logger
 
 __all__ = [
+    "BestAndLastCheckpoint",
     "ProgressBar",
     "RunSummary",
     "TestReport",

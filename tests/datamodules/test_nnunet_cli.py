@@ -113,12 +113,11 @@ def test_phantom_exports_as_dataset900(tmp_path: Path) -> None:
 
 def test_bad_dataset_is_one_line_without_traceback(tiny_env: Path, capsys) -> None:
     from lightning_app.cli import main
+    from lightning_app.errors import run_reporting_errors
 
     ds = write_v2(tiny_env)
     (ds / "labelsTr" / "tiny_case_002.nii.gz").unlink()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *_args(tiny_env, ds)])
-    assert exit_info.value.code == 2
+    assert run_reporting_errors(main, ["fit", *_args(tiny_env, ds)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: Case tiny_case_002: label file")
     assert not any("Traceback" in line for line in err)
