@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--launcher",
             choices=("inprocess", "local", "slurm"),
             default="inprocess",
-            help="inprocess: one run after another; local: --jobs runs at once on this machine; "
+            help="inprocess: one run after another; local: --jobs runs at once on the local host; "
             "slurm: one SLURM job per run (defaults in configs/launcher/<launcher>.yaml)",
         )
         p.add_argument(

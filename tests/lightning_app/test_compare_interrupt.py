@@ -1,6 +1,6 @@
 """Ctrl-C on a real grid process: no new runs, the running run saves, the table so far, exit 130.
 
-``python -m lightning_app.compare losses`` of two tiny phantom runs in its own session, with the
+``python -m lightning_app.compare losses`` of two tiny phantom runs in its own process group, with the
 loader worker of the default config; the second run holds mid-epoch (a test callback) until a
 signal arrives, and the test then sends SIGINT to the whole process group, as a terminal's
 Ctrl-C does.

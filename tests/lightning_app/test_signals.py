@@ -1,7 +1,7 @@
 """A signal to the whole process group of a fit with loader workers saves and resumes.
 
 Real processes: ``python -m lightning_app fit`` of the tiny phantom with one loader worker in
-its own session; the test sends SIGTERM (as SLURM does to every process of a job step) or
+its own process group; the test sends SIGTERM (as SLURM does to every process of a job step) or
 SIGINT (as a terminal's Ctrl-C does) to the process group while the fit holds after its first
 step, then checks the exit status, that ``last.ckpt`` loads and is mid-epoch, and that
 ``--ckpt_path last`` finishes the run without redoing a step.
