@@ -3,13 +3,19 @@ the one W&B comparison run a rerun of the same plan updates, and ``make help`` o
 
 from __future__ import annotations
 
+import re
 import subprocess
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
 
+from lightning_app.compare import loss_entries, run_comparison, sweep_k_entries
 from lightning_app.compare.plots import curves_figure
+from lightning_app.compare.report import comparison_run_id
 from tests.conftest import REPO
+from tests.lightning_app.test_compare import FakeCLI, make_comparison
+from tests.lightning_app.wandb_records import history_and_summary, run_meta
 
 
 def _visible_xticks(ax: plt.Axes) -> list[float]:
@@ -64,3 +70,43 @@ def test_predictions_are_ignored_by_git() -> None:
         ["git", "check-ignore", "-q", "predictions/case.nii.gz"], cwd=REPO, capture_output=True
     )
     assert done.returncode == 0, "predictions/ is not in .gitignore"
+
+
+def test_comparison_run_id_follows_the_plan(tmp_path: Path) -> None:
+    base = comparison_run_id(make_comparison(tmp_path / "a"))
+    assert re.fullmatch(r"comparison-phantom-[0-9a-f]{12}", base)
+    # the same plan, built again elsewhere with another reference row: the same id
+    assert comparison_run_id(make_comparison(tmp_path / "b", reference="CE")) == base
+    others = {
+        "seeds": comparison_run_id(make_comparison(tmp_path / "a", seeds=[1, 3])),
+        "losses": comparison_run_id(
+            make_comparison(tmp_path / "a", entries=loss_entries(["ce", "ce_topk_dice"]))
+        ),
+        "overrides": comparison_run_id(
+            make_comparison(tmp_path / "a", user_args=["--trainer.max_epochs=1"])
+        ),
+        "k": comparison_run_id(
+            make_comparison(tmp_path / "a", entries=sweep_k_entries([5, 10]), mode="sweepk")
+        ),
+    }
+    assert base not in others.values() and len(set(others.values())) == len(others), others
+
+
+def test_rerun_of_a_comparison_updates_one_wandb_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    out = tmp_path / "results"
+    for _ in range(2):  # the second call finds every run finished and only reports again
+        comparison = make_comparison(out, seeds=[1])
+        run_comparison(comparison, runner=FakeCLI(), log=lambda s: None)
+    run_dirs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 2
+    ids = {run_meta(d)["id"] for d in run_dirs}
+    assert ids == {comparison_run_id(comparison)}
+    _, summary = history_and_summary(run_dirs[-1])
+    assert summary["comparison/table/_type"] == "table-file"
