@@ -153,6 +153,12 @@ class WandbPanels(Callback):
             and trainer.current_epoch % self.every_n_epochs == 0
         )
 
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a validation cut short before the choice was fixed leaves nothing half-counted
+        self._examples = {}
+        if self.chosen is None:
+            self._totals, self._best, self._counts = None, {}, {}
+
     def on_validation_batch_end(
         self,
         trainer: L.Trainer,
