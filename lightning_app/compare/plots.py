@@ -3,8 +3,9 @@
 - :func:`plot_columns`: one group of bars per table column (per-class Dice, mDice, ...), one bar
   per row (loss or K); bar = mean over seeds, error bar = standard deviation over seeds (with
   two seeds or more), dots = the individual seeds.
-- :func:`plot_curves`: ``val/dice/mean`` against the epoch, one line per row (mean over seeds)
-  with a band from the lowest to the highest seed.
+- :func:`plot_curves`: ``val/dice/mean`` (percent) against the epoch (counted from 1, whole
+  epochs only), one line per row (mean over seeds) with a band from the lowest to the highest
+  seed.
 - :func:`plot_against`: one column (mDice) against a numeric parameter (K), mean and standard
   deviation over seeds.
 - :func:`plot_differences`: each row's difference to the reference with its 95% CI.
@@ -32,6 +33,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from lightning_app.compare.columns import TableRow  # noqa: E402
 
 __all__ = [
+    "curves_figure",
     "plot_against",
     "plot_columns",
     "plot_curves",
@@ -82,6 +84,14 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_columns(
     rows: Sequence[TableRow], columns: Sequence[str], path: str | Path, title: str
 ) -> Path:
@@ -113,50 +123,60 @@ def plot_columns(
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(n_rows, 3), loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def curves_figure(
+    curves: Mapping[str, Sequence[Mapping[int, float]]],
+    title: str,
+    ylabel: str = "validation mDice (%)",
+) -> plt.Figure | None:
+    """The figure of :func:`plot_curves` (not saved, not closed), or ``None`` when no run
+    logged a value. Epoch ``e`` (Lightning's 0-based index, the CSV's ``epoch`` column) is
+    drawn at ``e + 1`` and a fraction ``v`` at ``100 * v``; the x ticks are whole epochs >= 1."""
+    if not any(c for seeds in curves.values() for c in seeds):
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    last = 1
+    for (label, seeds), color in zip(curves.items(), _colors(len(curves)), strict=True):
+        epochs = sorted({e for c in seeds for e in c})
+        if not epochs:
+            continue
+        values = [[100.0 * c[e] for c in seeds if e in c] for e in epochs]
+        x = [e + 1 for e in epochs]
+        last = max(last, x[-1])
+        mean = [float(np.mean(v)) for v in values]
+        ax.plot(x, mean, marker="o", ms=3, color=color, label=f"{label} (n={len(seeds)})")
+        if len(seeds) > 1:
+            ax.fill_between(
+                x, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.2
+            )
+    ax.set_xlabel("epoch")
+    ax.set_xlim(0.5, last + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
 
 
 def plot_curves(
     curves: Mapping[str, Sequence[Mapping[int, float]]],
     path: str | Path,
     title: str,
-    ylabel: str = "val/dice/mean",
+    ylabel: str = "validation mDice (%)",
 ) -> Path | None:
-    """Validation curves: ``curves[row label]`` = one ``{epoch: value}`` per seed. Draws the mean
-    over the seeds that logged each epoch and a min-max band; writes ``path`` (PNG).
+    """Validation curves: ``curves[row label]`` = one ``{epoch: value}`` per seed (0-based
+    epochs, values as fractions, as :func:`read_val_curve` gives them). Draws the mean over the
+    seeds that logged each epoch and a min-max band, in percent against epochs counted from 1
+    (:func:`curves_figure`); writes ``path`` (PNG).
 
     Returns:
         ``path``, or ``None`` (nothing written) when no run logged a value.
     """
-    if not any(c for seeds in curves.values() for c in seeds):
-        return None
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
-    for (label, seeds), color in zip(curves.items(), _colors(len(curves)), strict=True):
-        epochs = sorted({e for c in seeds for e in c})
-        if not epochs:
-            continue
-        values = [[c[e] for c in seeds if e in c] for e in epochs]
-        mean = [float(np.mean(v)) for v in values]
-        ax.plot(epochs, mean, marker="o", ms=3, color=color, label=f"{label} (n={len(seeds)})")
-        if len(seeds) > 1:
-            ax.fill_between(
-                epochs, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.2
-            )
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fig = curves_figure(curves, title, ylabel)
+    return None if fig is None else _save(fig, path)
 
 
 def plot_against(
@@ -197,19 +217,7 @@ def plot_against(
     ax.set_ylabel(f"{column} (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _save(fig, path: str | Path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_differences(stats_rows: Sequence[Mapping], path: str | Path, title: str) -> Path | None:

@@ -1,11 +1,16 @@
 """What ``make compare`` / ``make sweep-k`` report: the per-case CSV of the finished runs, then
 the analysis of that CSV alone (:func:`lightning_app.compare.analysis.analyze_rows`, the same
 code as ``python -m lightning_app.compare analyze``), the validation curves, and the W&B run
-that logs the table and the plots."""
+that logs the table and the plots. That run's id is :func:`comparison_run_id`, a digest of the
+plan (dataset, rows with their loss configs, seeds, overrides), so a rerun of the same plan
+updates one W&B run and another plan opens its own."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,10 +109,33 @@ def _notes(comparison: Comparison, per_case: Path, n_finished: int) -> list[str]
     return lines
 
 
+def comparison_run_id(comparison: Comparison) -> str:
+    """W&B run id of a comparison's report: ``<name>-<dataset>-<12 hex digits>``, the digits
+    of the SHA-1 of the plan: mode, dataset, the settings hash of the shared configs, overrides
+    and test checkpoint (:meth:`Comparison.settings_hash`), each row's key, loss preset, extra
+    arguments and settings hash, and the seeds. The same plan gives the same id; the reference
+    row, the output folder and the time do not enter it."""
+    plan = {
+        "mode": comparison.mode,
+        "dataset": comparison.dataset,
+        "settings": comparison.settings_hash(),
+        "rows": [
+            [e.key, e.loss, list(e.extra_args), comparison.settings_hash(e)]
+            for e in comparison.entries
+        ],
+        "seeds": list(comparison.seeds),
+    }
+    digest = hashlib.sha1(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:12]
+    prefix = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{comparison.name}-{comparison.dataset}")
+    return f"{prefix[:40]}-{digest}"
+
+
 def log_to_wandb(comparison: Comparison, paths: dict[str, Path]) -> str | None:
     """Log the table (``wandb.Table`` of ``<name>.csv``) and the PNGs to a W&B run of their
     own, in the comparison's project and group (offline without credentials; nothing with
-    ``WANDB_MODE=disabled``). Returns the run's local folder, or ``None`` when disabled."""
+    ``WANDB_MODE=disabled``). The run's id is :func:`comparison_run_id` with
+    ``resume="allow"``: a rerun of the same plan updates that run (its summary holds the latest
+    table and plots). Returns the run's local folder, or ``None`` when disabled."""
     mode = resolve_wandb_mode()
     if mode == "disabled":
         return None
@@ -123,6 +151,8 @@ def log_to_wandb(comparison: Comparison, paths: dict[str, Path]) -> str | None:
         project=f"topk-dice-{comparison.dataset}",
         group=comparison.group,
         job_type="comparison",
+        id=comparison_run_id(comparison),
+        resume="allow",
         name=f"{comparison.group}-{comparison.name}",
         dir=str(comparison.out_dir),
         mode=mode,
