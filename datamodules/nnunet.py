@@ -115,6 +115,8 @@ class NNUNetDataModule(SliceDataModule):
         #: the losses' ``ignore_index`` (the ``ignore`` label's value), or None
         self.ignore_index: int | None = meta["ignore_index"]
         self.file_ending: str = meta["file_ending"]
+        #: MSD layout: one 4D file ``<case><file_ending>`` per case, modality last
+        self.msd: bool = meta["msd"]
         self.val_cases: list[str] = []
         # foreground samples of the CT channels, collected while prepare_data runs
         self._samples: dict[int, list[np.ndarray]] | None = None
@@ -137,6 +139,7 @@ class NNUNetDataModule(SliceDataModule):
                             "channel_names": json.loads(f.attrs["channel_names"]),
                             "ignore_index": None if ignore < 0 else ignore,
                             "file_ending": str(f.attrs["file_ending"]),
+                            "msd": bool(f.attrs.get("msd", False)),
                         }
                 except (OSError, KeyError):
                     continue
@@ -147,7 +150,27 @@ class NNUNetDataModule(SliceDataModule):
             "channel_names": info.channel_names,
             "ignore_index": info.ignore_label,
             "file_ending": info.file_ending,
+            "msd": info.msd,
         }
+
+    def prediction_slice_axis(self) -> str:
+        """The slice axis the prepared data was cut along (a case's ``slice_axis`` in any split
+        file), else the one :meth:`_plan` would choose from the raw training cases.
+
+        Raises:
+            DatasetError: neither prepared split files nor the raw dataset are readable.
+        """
+        if self.file_ending in NATURAL_2D_ENDINGS:
+            return "superior"
+        for split in SPLITS:
+            try:
+                with h5py.File(self.split_path(split), "r") as f:
+                    for case_id in f:
+                        return str(f[case_id].attrs["slice_axis"])
+            except (OSError, KeyError):
+                continue
+        info = self._info()
+        return self._slice_axis(info, training_cases(info))
 
     # ---------------------------------------------------------------- plan
     def _info(self) -> DatasetInfo:
@@ -314,6 +337,7 @@ class NNUNetDataModule(SliceDataModule):
             with h5py.File(self.split_path(split).with_name(f"{split}.h5.tmp"), "a") as f:
                 f.attrs["fold"] = str(self.fold)
                 f.attrs["file_ending"] = self.file_ending
+                f.attrs["msd"] = self.msd
                 f.attrs["ignore_index"] = -1 if self.ignore_index is None else self.ignore_index
                 f.attrs["intensity_statistics"] = json.dumps(stats)
                 for case_id in f if ct else ():
