@@ -21,6 +21,8 @@ override DATASET := nnunet
 endif
 CKPT    ?= last
 SEEDS   ?=
+# make compare FOLDS="0 1 2 3 4": cross-validation over nnU-Net folds (DATASET=nnunet)
+FOLDS   ?=
 LOSSES  ?= ce ce_dice focal_dice topk_ce_dice ce_topk_dice
 K       ?= 5 10 20 50 100
 INPUT   ?=
@@ -58,7 +60,7 @@ help: ## List every target with its description
 	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
 	grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-14s%s %s\n", on, $$1, off, $$2}'
 	@echo ""
-	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) EXPERIMENT=$(EXPERIMENT) CKPT=$(CKPT) SEEDS=$(SEEDS) LOSSES='$(LOSSES)' K='$(K)'"
+	@echo "Variables: LOSS=$(LOSS) DATASET=$(DATASET) EXPERIMENT=$(EXPERIMENT) CKPT=$(CKPT) SEEDS=$(SEEDS) FOLDS='$(FOLDS)' LOSSES='$(LOSSES)' K='$(K)'"
 	@echo "           INPUT= OUTPUT=$(OUTPUT) ARGS='<Lightning CLI overrides>'"
 	@echo "           LAUNCHER=$(LAUNCHER) JOBS=$(JOBS) RUNS_PER_GPU=$(RUNS_PER_GPU) SBATCH='$(SBATCH)' NO_WAIT=$(NO_WAIT) OPTS='$(OPTS)'"
 
@@ -108,9 +110,9 @@ predict: $(STAMP) ## Segment NIfTI volumes: make predict CKPT=<.ckpt> INPUT=<.ni
 phantom-nifti: $(STAMP) ## Export the phantom as NIfTI: test volumes in data/phantom-nifti/{images,labels}/, all as the nnU-Net dataset data/nnUNet_raw/Dataset900_Phantom
 	$(PY) scripts/phantom_nifti.py --config configs/data/phantom.yaml --output data/phantom-nifti --nnunet-output data/nnUNet_raw
 
-compare: $(STAMP) ## Train+test every loss x seed; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice" [REFERENCE=ce_dice] [LAUNCHER=local JOBS=2 | LAUNCHER=slurm SBATCH="--gres=gpu:1"]
+compare: $(STAMP) ## Train+test every loss x seed [x fold]; table, CSVs, plots in results/$(DATASET)/: make compare SEEDS=3 LOSSES="ce_dice ce_topk_dice" [REFERENCE=ce_dice] [FOLDS="0 1 2 3 4"] [LAUNCHER=local JOBS=2 | LAUNCHER=slurm SBATCH="--gres=gpu:1"]
 	@: $(call check-loss,$(LOSSES)) $(check-dataset)
-	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(REFERENCE),--reference "$(REFERENCE)") $(LAUNCH_OPTS) -- $(ARGS)
+	$(PY) -m lightning_app.compare losses --dataset $(DATASET) --losses $(LOSSES) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(FOLDS),--folds $(FOLDS)) $(if $(REFERENCE),--reference "$(REFERENCE)") $(if $(DATA),--out results/$(RUN_DATASET)) $(LAUNCH_OPTS) -- $(if $(DATA),--data.raw_dir=$(DATA)) $(ARGS)
 
 sweep-k: $(STAMP) ## CE + topK-Dice for each K; results/$(DATASET)/sweep_k.md: make sweep-k K="5 10 20 50 100"
 	@: $(check-dataset)

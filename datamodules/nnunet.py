@@ -5,7 +5,9 @@ normalization per ``channel_names`` entry: ``nnunet_norm``; folds: ``nnunet_spli
 
 Splits: ``fold`` k (default 0) of ``splits_file`` (default ``<raw_dir>/splits_final.json`` when
 present), else of nnU-Net v2's default 5 folds; ``fold="all"`` trains and validates on every
-case. The test split is ``imagesTs`` + ``labelsTs`` when both exist, else the validation fold.
+case. The test split (``test_split="auto"``) is ``imagesTs`` + ``labelsTs`` when both exist,
+else the validation fold; ``"held_out"`` always tests the validation fold (cross-validation:
+every training case tested once, by the fold that held it out), ``"imagesTs"`` requires them.
 Slices are taken along the axis of largest (median) voxel spacing of the training cases when
 the spacing is anisotropic, else along the superior axis; 2D datasets give one slice per case.
 An ``ignore`` label is stored as its value (``ignore_index`` = number of classes).
@@ -47,13 +49,17 @@ from datamodules.transforms import DataProtocol
 
 __all__ = ["NNUNetDataModule", "default_data_dir"]
 
+#: the choices of ``test_split`` (see the module docstring)
+TEST_SPLITS = ("auto", "held_out", "imagesTs")
 #: spacing ratio (largest / smallest) below which a volume counts as isotropic
 ISOTROPY_TOLERANCE = 1.05
 
 
-def default_data_dir(raw_dir: str | Path, fold: int | str) -> Path:
-    """``data/nnunet/<dataset folder name>/fold_<fold>``."""
-    return Path("data") / "nnunet" / Path(raw_dir).resolve().name / f"fold_{fold}"
+def default_data_dir(raw_dir: str | Path, fold: int | str, test_split: str = "auto") -> Path:
+    """``data/nnunet/<dataset folder name>/fold_<fold>`` (``fold_<fold>_held_out`` for
+    ``test_split="held_out"``, whose test file differs when the dataset has ``imagesTs``)."""
+    suffix = "_held_out" if test_split == "held_out" else ""
+    return Path("data") / "nnunet" / Path(raw_dir).resolve().name / f"fold_{fold}{suffix}"
 
 
 class NNUNetDataModule(SliceDataModule):
@@ -64,6 +70,7 @@ class NNUNetDataModule(SliceDataModule):
         data_dir: HDF5 output folder (default :func:`default_data_dir`).
         fold: validation fold 0..4 (or as many as ``splits_file`` holds), or ``"all"``.
         splits_file: nnU-Net's ``splits_final.json`` (default: the one in ``raw_dir``, if any).
+        test_split: ``"auto"``, ``"held_out"`` or ``"imagesTs"`` (see the module docstring).
         image_size, batch_size, num_workers, seed, compression, pin_memory, progress,
             protocol: see :class:`~datamodules.base.SliceDataModule`.
 
@@ -79,6 +86,7 @@ class NNUNetDataModule(SliceDataModule):
         data_dir: str | None = None,
         fold: int | str = 0,
         splits_file: str | None = None,
+        test_split: str = "auto",
         image_size: int = 224,
         batch_size: int = 24,
         num_workers: int = 4,
@@ -92,8 +100,20 @@ class NNUNetDataModule(SliceDataModule):
             if not fold.isdigit():
                 raise ValueError(f"Expected argument `fold` to be an int or 'all', got {fold!r}")
             fold = int(fold)
+        if test_split not in TEST_SPLITS:
+            raise ValueError(
+                f"Expected argument `test_split` to be one of {list(TEST_SPLITS)}, got "
+                f"{test_split!r}"
+            )
+        if test_split == "held_out" and fold == "all":
+            raise ValueError(
+                "Expected argument `fold` to be a fold number with test_split='held_out': "
+                "fold='all' holds no case out"
+            )
         super().__init__(
-            data_dir=data_dir if data_dir is not None else default_data_dir(raw_dir, fold),
+            data_dir=data_dir
+            if data_dir is not None
+            else default_data_dir(raw_dir, fold, test_split),
             raw_dir=raw_dir,
             image_size=image_size,
             batch_size=batch_size,
@@ -106,6 +126,7 @@ class NNUNetDataModule(SliceDataModule):
         )
         self.fold = fold
         self.splits_file = None if splits_file is None else Path(splits_file)
+        self.test_split = test_split
         meta = self._dataset_meta()
         self.dataset_name = meta["dataset"]
         self.class_names = list(meta["class_names"])
@@ -115,6 +136,8 @@ class NNUNetDataModule(SliceDataModule):
         #: the losses' ``ignore_index`` (the ``ignore`` label's value), or None
         self.ignore_index: int | None = meta["ignore_index"]
         self.file_ending: str = meta["file_ending"]
+        #: MSD layout: one 4D file ``<case><file_ending>`` per case, modality last
+        self.msd: bool = meta["msd"]
         self.val_cases: list[str] = []
         # foreground samples of the CT channels, collected while prepare_data runs
         self._samples: dict[int, list[np.ndarray]] | None = None
@@ -137,6 +160,7 @@ class NNUNetDataModule(SliceDataModule):
                             "channel_names": json.loads(f.attrs["channel_names"]),
                             "ignore_index": None if ignore < 0 else ignore,
                             "file_ending": str(f.attrs["file_ending"]),
+                            "msd": bool(f.attrs.get("msd", False)),
                         }
                 except (OSError, KeyError):
                     continue
@@ -147,7 +171,27 @@ class NNUNetDataModule(SliceDataModule):
             "channel_names": info.channel_names,
             "ignore_index": info.ignore_label,
             "file_ending": info.file_ending,
+            "msd": info.msd,
         }
+
+    def prediction_slice_axis(self) -> str:
+        """The slice axis the prepared data was cut along (a case's ``slice_axis`` in any split
+        file), else the one :meth:`_plan` would choose from the raw training cases.
+
+        Raises:
+            DatasetError: neither prepared split files nor the raw dataset are readable.
+        """
+        if self.file_ending in NATURAL_2D_ENDINGS:
+            return "superior"
+        for split in SPLITS:
+            try:
+                with h5py.File(self.split_path(split), "r") as f:
+                    for case_id in f:
+                        return str(f[case_id].attrs["slice_axis"])
+            except (OSError, KeyError):
+                continue
+        info = self._info()
+        return self._slice_axis(info, training_cases(info))
 
     # ---------------------------------------------------------------- plan
     def _info(self) -> DatasetInfo:
@@ -181,7 +225,12 @@ class NNUNetDataModule(SliceDataModule):
         splits = read_splits_file(path, list(by_id)) if path is not None else None
         train_ids, val_ids = fold_cases(list(by_id), self.fold, splits)
         axis = self._slice_axis(info, cases)
-        test = labelled_test_cases(info)
+        test = [] if self.test_split == "held_out" else labelled_test_cases(info)
+        if self.test_split == "imagesTs" and not test:
+            raise DatasetError(
+                f"test_split='imagesTs' needs {info.root / 'imagesTs'} and "
+                f"{info.root / 'labelsTs'}; without them use test_split='auto' or 'held_out'"
+            )
         held_out = not test
         test = test or [by_id[c] for c in val_ids]
 
@@ -314,6 +363,7 @@ class NNUNetDataModule(SliceDataModule):
             with h5py.File(self.split_path(split).with_name(f"{split}.h5.tmp"), "a") as f:
                 f.attrs["fold"] = str(self.fold)
                 f.attrs["file_ending"] = self.file_ending
+                f.attrs["msd"] = self.msd
                 f.attrs["ignore_index"] = -1 if self.ignore_index is None else self.ignore_index
                 f.attrs["intensity_statistics"] = json.dumps(stats)
                 for case_id in f if ct else ():
@@ -328,6 +378,7 @@ class NNUNetDataModule(SliceDataModule):
         return {
             **super()._settings(),
             "fold": str(self.fold),
+            "test_split": self.test_split,
             "ignore_index": self.ignore_index,
             "file_ending": self.file_ending,
         }

@@ -1,15 +1,16 @@
 """``python -m lightning_app.compare {losses,sweep-k}`` (``make compare``, ``make sweep-k``).
 
-Every (row, seed) run is the template's own CLI in a subprocess (``fit``, then ``test`` of
+Every (row, seed[, fold]) run is the template's own CLI in a subprocess (``fit``, then ``test`` of
 ``last.ckpt``) with ``configs/base.yaml``, ``data/<dataset>.yaml``, the loss config, and where
 they exist ``experiment/<dataset>.yaml`` (the recipe) and ``experiment/compare_<dataset>.yaml``
 (the comparison protocol); ``ARGS`` come last and win. Modules: ``plan`` (what to run; run
-names ``compare-<loss>-seed<seed>-<hash>``, the hash over the dataset, the parsed yaml contents,
+names ``compare-<loss>-seed<seed>[-fold<k>]-<hash>``, the hash over the dataset, the parsed yaml contents,
 the overrides and the test checkpoint), ``runs`` (one run's state on disk and its resume),
 ``launchers`` and ``slurm`` (how to run it), ``job`` (what a launched job runs), ``report``
 (tables, plots, W&B), ``command`` (the command line).
 
-An interrupted comparison resumes by running the same command again; runs that differ only in
+With ``--folds`` (nnU-Net datasets) each fold tests the cases it held out, and a seed's folds
+together form its case set. An interrupted comparison resumes by running the same command again; runs that differ only in
 seeds or losses are shared between comparisons. All runs of one comparison share the W&B group
 ``compare-<dataset>-<hash>``, written into a logger overlay yaml
 (``<out>/runs/<group>.logger.yaml``). Outputs go to ``<out>`` (default ``results/<dataset>``).

@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="runs per row (default: 3)",
         )
         p.add_argument("--first-seed", type=int, default=42, help="seeds are first..first+n-1")
+        p.add_argument(
+            "--folds",
+            nargs="+",
+            default=None,
+            help="cross-validation folds (nnU-Net datasets), e.g. 0 1 2 3 4: every (row, seed, "
+            "fold) is run, each training case tested once by the fold that held it out",
+        )
         p.add_argument("--out", type=Path, default=None, help="default results/<dataset>")
         p.add_argument(
             "--test-ckpt",
@@ -166,6 +173,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if reference not in [e.label for e in entries]:
         print(f"note: the reference row {reference!r} is not part of this run; the first row is")
         reference = default_reference([e.label for e in entries])
+    folds = None
+    if opts.folds is not None:
+        words = _split_words(opts.folds)
+        if not all(w.isdigit() for w in words):
+            raise ValueError(f"Expected argument `folds` to hold fold numbers, but got {words}")
+        folds = [int(w) for w in words]
     comparison = Comparison(
         dataset=opts.dataset,
         entries=entries,
@@ -177,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         reference=reference,
         test_ckpt=opts.test_ckpt,
         command=shlex.join(["python", "-m", "lightning_app.compare", *raw]),
+        folds=folds,
     )
     launcher = build_launcher(opts, comparison.configs_dir)
     return run_comparison(

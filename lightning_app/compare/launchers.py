@@ -9,7 +9,7 @@ Three launchers bring the missing runs of a plan to ``done``
   each GPU, or on CPU the cores divided between the runs (``OMP_NUM_THREADS``);
 - :class:`lightning_app.compare.slurm.SlurmLauncher` (``LAUNCHER=slurm``): one SLURM job per run.
 
-The local pool and SLURM prepare the data once before they fan out (:func:`prepare_once`) and
+The local pool and SLURM prepare the data once (per fold) before they fan out (:func:`prepare_once`) and
 carry on past a failed run: the report is written from the runs that finished, then the
 failures are raised together, each with its log path and last lines.
 """
@@ -72,23 +72,29 @@ class Launcher(Protocol):
 def prepare_once(
     comparison: Comparison, specs: Sequence[RunSpec], runner: Runner, log: Callable[[str], None]
 ) -> None:
-    """Prepare the grid's data once, before fanning out (every run shares the data settings:
-    the common configs and ``ARGS``). Skipped when every run is done.
+    """Prepare the grid's data once per fold, before fanning out (every run of a fold shares
+    the data settings: the common configs, ``ARGS`` and the fold). Skipped when every run is
+    done.
 
     Raises:
         RuntimeError: the preparation failed (log path and last lines included).
     """
-    todo = [s for s in specs if run_state(s.run_dir) != "done"]
-    if not todo:
-        return
-    log_path = comparison.runs_dir / "prepare.log"
-    start = time.monotonic()
+    first_of_fold: dict[int | None, RunSpec] = {}
+    for spec in specs:
+        if run_state(spec.run_dir) != "done":
+            first_of_fold.setdefault(spec.fold, spec)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if runner(prepare_command(comparison.python, todo[0]), log_path, env) != 0:
-        raise RuntimeError(
-            f"Preparing the data failed; log {log_path}, last lines:\n{_tail(log_path)}"
-        )
-    log(f"data prepared in {time.monotonic() - start:.0f} s (log {log_path})")
+    for fold, spec in first_of_fold.items():
+        tag = "" if fold is None else f"-fold{fold}"
+        log_path = comparison.runs_dir / f"prepare{tag}.log"
+        start = time.monotonic()
+        if runner(prepare_command(comparison.python, spec), log_path, env) != 0:
+            raise RuntimeError(
+                f"Preparing the data{'' if fold is None else f' of fold {fold}'} failed; log "
+                f"{log_path}, last lines:\n{_tail(log_path)}"
+            )
+        where = "" if fold is None else f" of fold {fold}"
+        log(f"data{where} prepared in {time.monotonic() - start:.0f} s (log {log_path})")
 
 
 def visible_gpus() -> list[str]:
@@ -245,9 +251,10 @@ def run_comparison(
     """
     overlay = None if dry_run else comparison.logger_overlay()
     specs = comparison.plan(overlay)
+    folds = "" if comparison.folds is None else f" x {len(comparison.folds)} folds"
     log(
-        f"{comparison.name}: {len(comparison.entries)} rows x {len(comparison.seeds)} seeds on "
-        f"{comparison.dataset} -> {comparison.out_dir} (W&B group {comparison.group})"
+        f"{comparison.name}: {len(comparison.entries)} rows x {len(comparison.seeds)} seeds"
+        f"{folds} on {comparison.dataset} -> {comparison.out_dir} (W&B group {comparison.group})"
     )
     if dry_run:
         for spec in specs:
@@ -263,7 +270,8 @@ def run_comparison(
                 for i, spec in enumerate(specs, start=1):
                     if stop.is_set():
                         break
-                    log(f"[{i}/{len(specs)}] {spec.entry.label}, seed {spec.seed}")
+                    fold = "" if spec.fold is None else f", fold {spec.fold}"
+                    log(f"[{i}/{len(specs)}] {spec.entry.label}, seed {spec.seed}{fold}")
                     try:
                         _execute(comparison, spec, runner, log)
                     except (RuntimeError, FileNotFoundError):

@@ -5,8 +5,9 @@ table columns, and the cells the comparison's statistics use.
 one row per case and foreground class, columns ``case`` (or ``case_id``), ``class`` (or
 ``class_name``), ``dice, iou, precision, recall`` (fractions; empty / ``nan`` = undefined),
 optional ``hd95``, ``gt_empty``, ``pred_empty``; rows of ``background``, ``mean``, ``all`` are
-skipped. The comparison's per-case CSV adds ``loss, key, seed, run`` in front
-(:data:`COMPARISON_PER_CASE_COLUMNS`).
+skipped. The comparison's per-case CSV adds ``loss, key, seed, run, fold`` in front
+(:data:`COMPARISON_PER_CASE_COLUMNS`; ``fold`` empty without cross-validation). The rows of one
+(loss, seed) form one case set: with folds, the held-out cases of all its folds, each once.
 
 Analysis cells (:func:`analysis_table`): the (case, class) cells whose ground truth is not
 empty (``gt_empty`` false), the same for every run since the runs share the test set (MONAI's
@@ -58,6 +59,7 @@ COMPARISON_PER_CASE_COLUMNS: tuple[str, ...] = (
     "key",
     "seed",
     "run",
+    "fold",
     "case",
     "class",
     *PER_CASE_METRICS,
@@ -241,13 +243,16 @@ def read_per_case_csv(path: str | Path) -> CaseTable:
     return replace(table, path=path)
 
 
-def per_case_rows(loss: str, key: str, seed: int, run: str, table: CaseTable) -> list[dict]:
+def per_case_rows(
+    loss: str, key: str, seed: int, run: str, table: CaseTable, fold: int | None = None
+) -> list[dict]:
     """One run's rows of the comparison's per-case CSV (:data:`COMPARISON_PER_CASE_COLUMNS`;
     full float precision, empty where undefined or unknown)."""
     out = []
     for k, case in enumerate(table.cases):
         for c, cls in enumerate(table.classes):
             row: dict[str, object] = {"loss": loss, "key": key, "seed": seed, "run": run}
+            row["fold"] = "" if fold is None else fold
             row.update({"case": case, "class": cls})
             for m in PER_CASE_METRICS:
                 v = table.values[m][k, c] if m in table.values else math.nan
@@ -263,13 +268,16 @@ def group_comparison_rows(
     rows: Iterable[Mapping[str, str]], where: str = "the per-case rows"
 ) -> dict[str, dict[int, CaseTable]]:
     """``{loss: {seed: CaseTable}}`` from the comparison's per-case rows (as ``csv.DictReader``
-    gives them), losses in order of first appearance, seeds sorted.
+    gives them), losses in order of first appearance, seeds sorted; the rows of all folds of a
+    (loss, seed) form one table (a ``fold`` column names each case's fold).
 
     Raises:
         ValueError: no rows, a missing ``loss``/``seed`` column or value, a seed that is not an
-            integer, or a table error (:func:`case_table_from_rows`).
+            integer, a case tested by two folds of one seed, or a table error
+            (:func:`case_table_from_rows`).
     """
     groups: dict[str, dict[int, list[tuple[int, Mapping[str, str]]]]] = {}
+    fold_of: dict[tuple[str, int, str], str] = {}
     header: list[str] | None = None
     for line, row in enumerate(rows, start=2):
         if header is None:
@@ -285,6 +293,15 @@ def group_comparison_rows(
             raise ValueError(
                 f"Expected an integer seed in {where} line {line}, but got {seed_text!r}"
             ) from None
+        fold = (row.get("fold") or "").strip()
+        case = (row.get("case") or row.get("case_id") or "").strip()
+        first = fold_of.setdefault((loss, seed, case), fold)
+        if first != fold:
+            raise ValueError(
+                f"Case {case!r} is tested by folds {first} and {fold} of {loss!r}, seed {seed} "
+                f"in {where} (line {line}); each case must be tested once, by the fold that "
+                "held it out (--data.test_split=held_out)"
+            )
         groups.setdefault(loss, {}).setdefault(seed, []).append((line, row))
     if header is None:
         raise ValueError(f"Expected at least one row in {where}, but found none")

@@ -1,9 +1,17 @@
-"""What to run: the rows (losses or K values), the seeds, the settings hash that names the runs,
-and the CLI arguments of every (row, seed) run (see :mod:`lightning_app.compare`)."""
+"""What to run: the rows (losses or K values), the seeds, the cross-validation folds, the
+settings hash that names the runs, and the CLI arguments of every (row, seed[, fold]) run (see
+:mod:`lightning_app.compare`).
+
+With folds (``--folds 0 1 2 3 4``, datamodules with a ``fold`` argument: nnU-Net datasets),
+every (row, seed) is trained once per fold with ``--data.fold=<k> --data.test_split=held_out``,
+so each training case is tested exactly once, by the fold that held it out; the per-case scores
+of a seed's folds together form that seed's case set."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 import os
 import sys
@@ -29,6 +37,8 @@ _DEFAULT_SEEDS: dict[str, int] = {}
 _FALLBACK_SEEDS = 3
 #: Overrides that the comparison sets itself and that ARGS must not touch.
 _RESERVED = ("--seed_everything", "--trainer.default_root_dir", "--ckpt_path")
+#: ... and those it sets when it runs folds.
+_FOLD_KEYS = ("--data.fold", "--data.test_split")
 
 Runner = Callable[[list[str], Path, dict[str, str]], int]
 
@@ -92,13 +102,15 @@ def sweep_k_entries(ks: Sequence[float], loss: str = "ce_topk_dice") -> list[Ent
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One (row, seed) run: its name, directory and the common CLI arguments of fit and test."""
+    """One (row, seed[, fold]) run: its name, directory and the common CLI arguments of fit and
+    test; ``fold`` is ``None`` without cross-validation."""
 
     entry: Entry
     seed: int
     name: str
     run_dir: Path
     args: tuple[str, ...]
+    fold: int | None = None
 
 
 @dataclass
@@ -116,6 +128,8 @@ class Comparison:
         reference: label of the row the others are tested against (``None``: none).
         test_ckpt: ``last`` (TransUNet's protocol: the final model) or ``best`` (best
             ``val/dice/mean``).
+        folds: cross-validation folds (module docstring); ``None``: one run per row and seed
+            on the dataset's own split.
         configs_dir: the repository's ``configs`` folder.
         python: interpreter that runs ``-m lightning_app``.
         command: the command line that started the comparison (shown in the report).
@@ -133,6 +147,7 @@ class Comparison:
     configs_dir: Path = Path("configs")
     python: str = sys.executable
     command: str = ""
+    folds: list[int] | None = None
 
     def __post_init__(self) -> None:
         self._hashes: dict[str, str] = {}
@@ -166,9 +181,42 @@ class Comparison:
                     f"The comparison sets {key} itself; remove it from the overrides (ARGS): "
                     f"{' '.join(self.user_args)}"
                 )
+        if self.folds is not None:
+            self._check_folds(data_cfg)
         labels = [e.label for e in self.entries]
         if self.reference is not None and self.reference not in labels:
             self.reference = None
+
+    def _check_folds(self, data_cfg: Path) -> None:
+        """Folds: distinct ints >= 0, a datamodule with ``fold`` and ``test_split`` arguments,
+        and no fold setting in the overrides."""
+        folds = list(self.folds or [])
+        if not folds:
+            raise ValueError("Expected argument `folds` to name at least one fold, but got none")
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in folds):
+            raise ValueError(f"Expected argument `folds` to hold fold numbers >= 0, got {folds}")
+        if len(set(folds)) != len(folds):
+            raise ValueError(f"Expected argument `folds` without repeats, but got {folds}")
+        data = (yaml.safe_load(data_cfg.read_text()) or {}).get("data") or {}
+        class_path = str(data.get("class_path", ""))
+        try:
+            module, _, name = class_path.rpartition(".")
+            params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        except (ImportError, AttributeError, ValueError, TypeError):
+            params = {}
+        if "fold" not in params or "test_split" not in params:
+            raise ValueError(
+                f"--folds needs a datamodule with `fold` and `test_split` arguments (nnU-Net "
+                f"datasets: DATASET=nnunet); {data_cfg} uses {class_path or 'no class_path'}"
+            )
+        for arg in self.user_args:
+            key = arg.split("=", 1)[0]
+            if key in _FOLD_KEYS:
+                raise ValueError(
+                    f"With --folds the comparison sets {key} itself; remove it from the "
+                    f"overrides (ARGS): {' '.join(self.user_args)}"
+                )
+        self.folds = folds
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -251,19 +299,28 @@ class Comparison:
             os.replace(tmp, path)
         return path
 
+    @property
+    def n_runs(self) -> int:
+        """Rows x seeds (x folds)."""
+        return len(self.entries) * len(self.seeds) * len(self.folds or [None])
+
     def plan(self, overlay: Path | None) -> list[RunSpec]:
-        """Every (row, seed) run, rows first, in table order."""
+        """Every (row, seed[, fold]) run, rows first, then seeds, then folds, in table order."""
         specs = []
         for entry in self.entries:
             digest = self.settings_hash(entry)
             for seed in self.seeds:
-                name = f"{self.mode}-{entry.key}-seed{seed}-{digest}"
-                run_dir = self.runs_dir / name
-                args = [f"--config={p}" for p in self.common_configs()]
-                args.insert(2, f"--config={self.loss_config(entry)}")
-                if overlay is not None:
-                    args.append(f"--config={overlay}")
-                args += [f"--seed_everything={seed}", f"--trainer.default_root_dir={run_dir}"]
-                args += [*entry.extra_args, *self.user_args]
-                specs.append(RunSpec(entry, seed, name, run_dir, tuple(args)))
+                for fold in self.folds or [None]:
+                    tag = "" if fold is None else f"-fold{fold}"
+                    name = f"{self.mode}-{entry.key}-seed{seed}{tag}-{digest}"
+                    run_dir = self.runs_dir / name
+                    args = [f"--config={p}" for p in self.common_configs()]
+                    args.insert(2, f"--config={self.loss_config(entry)}")
+                    if overlay is not None:
+                        args.append(f"--config={overlay}")
+                    args += [f"--seed_everything={seed}", f"--trainer.default_root_dir={run_dir}"]
+                    if fold is not None:
+                        args += [f"--data.fold={fold}", "--data.test_split=held_out"]
+                    args += [*entry.extra_args, *self.user_args]
+                    specs.append(RunSpec(entry, seed, name, run_dir, tuple(args), fold))
         return specs

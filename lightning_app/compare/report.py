@@ -43,7 +43,9 @@ def write_outputs(
     per_case = [
         row
         for spec, table in finished
-        for row in per_case_rows(spec.entry.label, spec.entry.key, spec.seed, spec.name, table)
+        for row in per_case_rows(
+            spec.entry.label, spec.entry.key, spec.seed, spec.name, table, spec.fold
+        )
     ]
     per_case_path = write_csv(out / f"{stem}_per_case.csv", COMPARISON_PER_CASE_COLUMNS, per_case)
     rows = read_rows(per_case_path)  # the analysis sees exactly what `analyze` would read
@@ -91,7 +93,7 @@ def write_outputs(
 
 
 def _notes(comparison: Comparison, per_case: Path, n_finished: int) -> list[str]:
-    expected = len(comparison.entries) * len(comparison.seeds)
+    expected = comparison.n_runs
     lines = []
     if n_finished < expected:
         lines.append(f"**Incomplete: {n_finished} of {expected} runs finished.**\n")
@@ -99,6 +101,14 @@ def _notes(comparison: Comparison, per_case: Path, n_finished: int) -> list[str]
         lines.append(f"- Command: `{comparison.command}`")
     lines += [
         f"- Seeds: {', '.join(map(str, comparison.seeds))}",
+        *(
+            [
+                f"- Folds: {', '.join(map(str, comparison.folds))} (each case tested once, by "
+                "the fold that held it out; a seed's case set pools its folds)"
+            ]
+            if comparison.folds
+            else []
+        ),
         f"- Overrides (ARGS): `{' '.join(comparison.user_args) or '(none)'}`",
         f"- Test checkpoint: {comparison.test_ckpt}; runs: `{comparison.runs_dir}/"
         f"{comparison.mode}-*` (W&B group `{comparison.group}`)",

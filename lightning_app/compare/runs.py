@@ -160,6 +160,7 @@ def spec_to_json(spec: RunSpec, python: str, test_ckpt: str) -> str:
             "args": list(spec.args),
             "python": python,
             "test_ckpt": test_ckpt,
+            "fold": spec.fold,
         },
         indent=1,
     )
@@ -170,7 +171,15 @@ def spec_from_json(text: str) -> tuple[RunSpec, str, str]:
     d = json.loads(text)
     label, key, loss, extra = d["entry"]
     entry = Entry(label, key, loss, tuple(extra))
-    spec = RunSpec(entry, int(d["seed"]), d["name"], Path(d["run_dir"]), tuple(d["args"]))
+    fold = d.get("fold")
+    spec = RunSpec(
+        entry,
+        int(d["seed"]),
+        d["name"],
+        Path(d["run_dir"]),
+        tuple(d["args"]),
+        None if fold is None else int(fold),
+    )
     return spec, d["python"], d["test_ckpt"]
 
 

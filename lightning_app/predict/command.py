@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Segment NIfTI volumes with a trained checkpoint; writes OUTPUT/<case>.nii.gz with "
             "each input's shape and affine. Multi-channel models (MSSEG-2) take one folder per "
-            "case holding one file per channel named <channel>*.nii.gz."
+            "case holding one file per channel named <channel>*.nii.gz. A model trained on an "
+            "nnU-Net dataset takes nnU-Net's <case>_XXXX<file_ending> files (folders or files) "
+            "and writes OUTPUT/<case><file_ending>."
         ),
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) from make train")

@@ -21,6 +21,7 @@ from datamodules.nifti import raw_to_canonical, read_nifti, save_nifti_like
 from datamodules.raw import check_finite, check_same_geometry
 from lightning_app.predict.checkpoint import LoadedCheckpoint
 from lightning_app.predict.inputs import InputCase, check_inputs, check_output_folder, find_cases
+from lightning_app.predict.nnunet import is_nnunet, predict_nnunet_files
 from models.inference import predict_volume
 
 __all__ = ["predict_case", "predict_files"]
@@ -88,7 +89,9 @@ def predict_files(
     device: str | torch.device = "cpu",
     log: Callable[[str], None] | None = print,
 ) -> list[Path]:
-    """Predict every case of ``inputs`` (see :func:`find_cases`) into ``output``.
+    """Predict every case of ``inputs`` (see :func:`find_cases`) into ``output``; a checkpoint
+    of an nnU-Net dataset takes nnU-Net's file names instead
+    (:func:`~lightning_app.predict.nnunet.predict_nnunet_files`).
 
     Returns:
         The written ``output/<case>.nii.gz`` paths, in case order.
@@ -98,6 +101,8 @@ def predict_files(
             :func:`check_inputs`, :func:`check_output_folder` (all before the first case is
             predicted) or :func:`predict_case` (what needs the voxels, as each case is read).
     """
+    if is_nnunet(loaded.datamodule):
+        return predict_nnunet_files(loaded, inputs, output, batch_size, device, log)
     channel_names = list(getattr(loaded.datamodule, "channel_names", []) or [])
     if len(channel_names) != loaded.model.hparams.in_channels:
         channel_names = [f"channel{i}" for i in range(loaded.model.hparams.in_channels)]

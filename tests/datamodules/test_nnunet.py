@@ -103,6 +103,28 @@ def test_held_out_fold_is_the_test_split_without_labels_ts(tmp_path: Path) -> No
     assert abs(float(image[0].mean())) < 1e-4  # z-scored per image
 
 
+def test_test_split_held_out_even_with_images_ts(tmp_path: Path) -> None:
+    """Cross-validation tests the held-out fold although imagesTs + labelsTs exist."""
+    ds = write_v2(tmp_path)
+    dm = _dm(ds, tmp_path, fold=1, test_split="held_out")
+    dm.prepare_data()
+    ids = [f"tiny_case_{i:03d}" for i in range(6)]
+    fold1 = generate_crossval_split(ids, seed=12345, n_splits=5)[1]
+    assert _cases(dm.split_path("test")) == _cases(dm.split_path("val")) == sorted(fold1["val"])
+    assert default_data_dir(ds, 1, "held_out") == Path(
+        "data/nnunet/Dataset001_Tiny/fold_1_held_out"
+    )
+    with pytest.raises(ValueError, match=r"`test_split` to be one of"):
+        _dm(ds, tmp_path, test_split="val")
+    with pytest.raises(ValueError, match=r"fold='all' holds no case out"):
+        _dm(ds, tmp_path, fold="all", test_split="held_out")
+    msd = _dm(write_msd(tmp_path), tmp_path, test_split="imagesTs", data_dir=str(tmp_path / "m"))
+    with pytest.raises(
+        DatasetError, match=r"test_split='imagesTs' needs .*imagesTs and .*labelsTs"
+    ):
+        msd.prepare_data()
+
+
 def test_splits_final_json_in_the_dataset_folder(tmp_path: Path) -> None:
     ds = write_msd(tmp_path)
     ids = [f"tiny_{i:03d}" for i in range(5)]
