@@ -11,6 +11,14 @@ This package is the repository's own ``lightning_app`` (not the retired PyPI pac
 same import name).
 """
 
+import warnings
+
+# timm (imported by segmentation_models_pytorch) decorates a class with torch.jit.interface,
+# which recent torch releases deprecate: a warning at every command that no user can act on.
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning
+)
+
 #: Marker that tests use to make sure the imported ``lightning_app`` is this repository's.
 TEMPLATE_PACKAGE = "topk-dice-template"
 
