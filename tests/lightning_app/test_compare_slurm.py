@@ -2,7 +2,10 @@
 
 The module starts SLURM with ``scripts/slurm_local.sh up`` (root; installs the Debian packages
 if missing) unless one already answers ``sinfo``, and stops what it started at the end. The
-trainings are tiny (8x64x64 phantom volumes, 1-3 epochs, one thread per run).
+trainings are tiny (8x64x64 phantom volumes, 1-3 epochs, one thread per run). The signal tests
+(``scancel --signal=TERM --full``, ``scontrol requeue``, a time limit with
+``--signal=B:USR1@<s>``) run the fit with a loader worker and hold it mid-epoch
+(``tests.lightning_app.signal_helpers.HoldForSignal``) until the signal has arrived.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_app.compare.slurm import TERMINAL, queue_states
 from tests.conftest import CONFIGS, REPO
 
 pytestmark = pytest.mark.slurm
@@ -26,7 +30,11 @@ pytestmark = pytest.mark.slurm
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
 
 
-def _tiny(data_dir: Path, epochs: int, num_train: int = 2) -> list[str]:
+#: the signal tests hold their fit at this global step, mid-way through epoch 1 (8 steps each)
+HOLD_AT_STEP = 10
+
+
+def _tiny(data_dir: Path, epochs: int, num_train: int = 2, num_workers: int = 0) -> list[str]:
     return [
         f"--data.num_train={num_train}",
         "--data.num_val=1",
@@ -34,7 +42,7 @@ def _tiny(data_dir: Path, epochs: int, num_train: int = 2) -> list[str]:
         "--data.volume_shape=[8,64,64]",
         "--data.image_size=64",
         "--data.batch_size=4",
-        "--data.num_workers=0",
+        f"--data.num_workers={num_workers}",
         "--data.progress=false",
         f"--data.data_dir={data_dir}",
         f"--trainer.max_epochs={epochs}",
@@ -126,45 +134,109 @@ def test_make_compare_on_slurm_equals_local(slurm: None, env: dict, tmp_path: Pa
     )  # runs x cases x classes
 
 
-def _submit_and_wait_for_a_checkpoint(out: Path, args: list[str]) -> tuple[str, Path, str]:
-    """Submit one tiny run without waiting; return its job id, run directory and the submission's
-    output once the fit has written its first ``last.ckpt`` (and is still running)."""
-    sub = _compare(out, args, "--launcher", "slurm", "--sbatch=--cpus-per-task=1", "--no-wait")
+def _held(data_dir: Path, ready: Path) -> list[str]:
+    """Tiny 3-epoch fit arguments with a loader worker, held at :data:`HOLD_AT_STEP` until a
+    signal arrives (``ready`` is touched then)."""
+    return [
+        *_tiny(data_dir, epochs=3, num_train=4, num_workers=1),
+        "--trainer.callbacks+=tests.lightning_app.signal_helpers.HoldForSignal",
+        f"--trainer.callbacks.step={HOLD_AT_STEP}",
+        f"--trainer.callbacks.ready={ready}",
+        "--trainer.callbacks.timeout=300",
+    ]
+
+
+def _submit_and_wait_until_held(out: Path, args: list[str], ready: Path, *sbatch: str):
+    """Submit one tiny run without waiting; return its job id and run directory once the fit
+    holds mid-epoch (with its loader worker)."""
+    options = " ".join(["--cpus-per-task=1", *sbatch])
+    sub = _compare(out, args, "--launcher", "slurm", f"--sbatch={options}", "--no-wait")
     assert sub.returncode == 0, sub.stdout + sub.stderr
+    assert "run the same command again" in sub.stdout
     job = next((out / "runs" / "slurm").glob("*.jobid")).read_text().strip()
     deadline = time.monotonic() + 300
-    while not list((out / "runs").glob("compare-*/checkpoints/last.ckpt")):
-        assert time.monotonic() < deadline, "no last.ckpt after 300 s"
+    while not ready.exists():
+        assert time.monotonic() < deadline, f"the fit did not reach step {HOLD_AT_STEP} in 300 s"
         time.sleep(0.5)
-    run_dir = next((out / "runs").glob("compare-*/checkpoints/last.ckpt")).parents[1]
-    assert not (run_dir / "compare-fit.done").exists(), "the fit ended before the interruption"
-    return job, run_dir, sub.stdout
+    (run_dir,) = [p for p in (out / "runs").iterdir() if p.is_dir() and p.name != "slurm"]
+    return job, run_dir
 
 
-def test_requeued_job_resumes_from_its_checkpoint(slurm: None, env: dict, tmp_path: Path) -> None:
-    """`scontrol requeue` mid-fit: the job runs again and continues the same run directory from
-    last.ckpt (a second fit attempt whose epochs continue), then the table completes."""
-    args = _tiny(tmp_path / "data", epochs=3, num_train=4)
-    out = tmp_path / "out"
-    job, run_dir, submitted = _submit_and_wait_for_a_checkpoint(out, args)
-    assert "run the same command again" in submitted
-    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
-    again = _compare(out, args, "--launcher", "slurm", "--poll", "2")
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "still queued" in again.stdout and "1 done" in again.stdout
-    log = next((out / "runs" / "slurm").glob(f"*-{job}.out")).read_text()
-    assert "restart 1" in log and "fit (continued from last.ckpt)" in log, log
-    assert [p.name for p in (out / "runs").iterdir() if p.is_dir() and p.name != "slurm"] == [
-        run_dir.name
-    ]  # the same run directory, nothing set aside
+def _saved_mid_epoch(run_dir: Path) -> str:
+    """The fit's log, after checking that a SIGTERM saved last.ckpt at the held step with the
+    loader worker alive (no worker killed under it, no traceback)."""
+    fit_log = (run_dir / "compare.log").read_text()
+    assert f"SIGTERM: saved {run_dir / 'checkpoints' / 'last.ckpt'} at global step " in fit_log
+    step = int(fit_log.split("SIGTERM: saved")[1].split("at global step ")[1].split()[0])
+    assert step == HOLD_AT_STEP, fit_log[-3000:]
+    assert "killed by signal" not in fit_log and "Traceback" not in fit_log, fit_log[-3000:]
+    return fit_log
+
+
+def _fit_epochs(run_dir: Path) -> list[list[int]]:
+    """The epochs each fit attempt trained (one CSV version per attempt)."""
     epochs = []
     for version in sorted((run_dir / "csv").glob("version_*")):
         rows = _rows(version / "metrics.csv")
         if any("train/loss" in r and r["train/loss"] for r in rows):  # a fit attempt
             epochs.append(sorted({int(r["epoch"]) for r in rows if r.get("train/loss")}))
-    assert len(epochs) == 2, epochs
-    assert epochs[0][0] == 0 and epochs[1][0] >= 1 and epochs[1][-1] == 2, epochs
+    return epochs
+
+
+def _job_logs(out: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted((out / "runs" / "slurm").glob("*.out")))
+
+
+def _only_run_dir(out: Path) -> list[str]:
+    return [p.name for p in (out / "runs").iterdir() if p.is_dir() and p.name != "slurm"]
+
+
+def test_requeued_job_resumes_from_its_checkpoint(slurm: None, env: dict, tmp_path: Path) -> None:
+    """`scontrol requeue` mid-epoch: SLURM sends SIGTERM to every process of the job (the loader
+    worker too); the fit saves last.ckpt at its step, the job runs again and continues the same
+    run directory from it (a second fit attempt whose epochs continue), then the table
+    completes."""
+    args, out = _held(tmp_path / "data", tmp_path / "ready"), tmp_path / "out"
+    job, run_dir = _submit_and_wait_until_held(out, args, tmp_path / "ready")
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+    again = _compare(out, args, "--launcher", "slurm", "--poll", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "still queued" in again.stdout and "1 done" in again.stdout
+    _saved_mid_epoch(run_dir)
+    log = next((out / "runs" / "slurm").glob(f"*-{job}.out")).read_text()
+    assert "restart 1" in log and "fit (continued from last.ckpt)" in log, log
+    assert _only_run_dir(out) == [run_dir.name]  # the same run directory, nothing set aside
+    epochs = _fit_epochs(run_dir)
+    assert len(epochs) == 2 and epochs[0] == [0, 1] and epochs[1] == [1, 2], epochs
     assert (out / "comparison.md").is_file() and (run_dir / "per_case.csv").is_file()
+
+
+def test_scancel_term_full_saves_and_a_resubmission_resumes(
+    slurm: None, env: dict, tmp_path: Path
+) -> None:
+    """`scancel --signal=TERM --full`: every process of the job, the batch script, the fit and
+    its loader worker, gets SIGTERM; the fit saves last.ckpt at its step and the job ends
+    without a requeue. The same `make compare` command then resubmits the run, which continues
+    from that checkpoint."""
+    args, out = _held(tmp_path / "data", tmp_path / "ready"), tmp_path / "out"
+    job, run_dir = _submit_and_wait_until_held(out, args, tmp_path / "ready")
+    subprocess.run(["scancel", "--signal=TERM", "--full", job], check=True, timeout=30)
+    deadline = time.monotonic() + 120
+    while queue_states([job]).get(job, "gone") not in TERMINAL | {"gone"}:
+        assert time.monotonic() < deadline, "the job did not end 120 s after SIGTERM"
+        time.sleep(0.5)
+    _saved_mid_epoch(run_dir)
+    first = next((out / "runs" / "slurm").glob(f"*-{job}.out")).read_text()
+    assert "received signal 15" in first and "terminated" in first, first
+    assert not (run_dir / "per_case.csv").exists()
+    again = _compare(out, args, "--launcher", "slurm", "--poll", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "slurm: submitted" in again.stdout and "1 done" in again.stdout
+    assert "fit (continued from last.ckpt)" in _job_logs(out)
+    assert _only_run_dir(out) == [run_dir.name]
+    epochs = _fit_epochs(run_dir)
+    assert len(epochs) == 2 and epochs[0] == [0, 1] and epochs[1] == [1, 2], epochs
+    assert (run_dir / "per_case.csv").is_file()
 
 
 def test_srun_ddp_fit_two_tasks(slurm: None, env: dict, tmp_path: Path) -> None:
@@ -192,50 +264,37 @@ def test_srun_ddp_fit_two_tasks(slurm: None, env: dict, tmp_path: Path) -> None:
     assert (run_dir / "config.yaml").is_file()
 
 
-def test_usr1_auto_requeue_resumes_from_the_newest_checkpoint(
+def test_time_limit_usr1_auto_requeue_resumes_from_the_newest_checkpoint(
     slurm: None, env: dict, tmp_path: Path
 ) -> None:
-    """The signal that `sbatch --signal=B:USR1@<s>` sends before a time limit (sent here at once,
-    to the batch step, with `scancel --signal=USR1 --batch`): the job forwards it to the fit,
-    Lightning's SLURMEnvironment saves hpc_ckpt_1.ckpt into the run directory and requeues the
-    job itself; the requeue's SIGTERM, which reaches the fit a moment later, saves last.ckpt
-    again (CheckpointOnTerminate), and the restarted job continues the same run from the newer
-    of the two."""
-    args = _tiny(tmp_path / "data", epochs=3, num_train=4)
-    out = tmp_path / "out"
-    job, run_dir, _ = _submit_and_wait_for_a_checkpoint(out, args)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
-    deadline = time.monotonic() + 120
+    """A real time limit: with `sbatch --time=8 --signal=B:USR1@330` SLURM sends USR1 to the
+    batch step 2 to 2.5 minutes after the start (slurmctld looks every 30 s), while the fit
+    holds mid-epoch: the job forwards it to the fit, Lightning's SLURMEnvironment saves
+    hpc_ckpt_1.ckpt into the run directory and requeues the job itself; the requeue's SIGTERM
+    reaches every process of the job (the loader worker too) and the fit saves last.ckpt at the
+    same step (CheckpointOnTerminate); the restarted job continues the run from the newer of
+    the two."""
+    args, out = _held(tmp_path / "data", tmp_path / "ready"), tmp_path / "out"
+    job, run_dir = _submit_and_wait_until_held(
+        out, args, tmp_path / "ready", "--time=8", "--signal=B:USR1@330"
+    )
+    deadline = time.monotonic() + 300
     while not (run_dir / "hpc_ckpt_1.ckpt").is_file():
-        assert time.monotonic() < deadline, "no hpc_ckpt_1.ckpt 120 s after SIGUSR1"
+        assert time.monotonic() < deadline, "no hpc_ckpt_1.ckpt 300 s after the fit held"
         time.sleep(0.5)
     again = _compare(out, args, "--launcher", "slurm", "--poll", "2")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 done" in again.stdout
     log = next((out / "runs" / "slurm").glob(f"*-{job}.out")).read_text()
-    assert "received signal 10" in log, log  # SIGUSR1 reached the job and was forwarded
-    fit_log = (run_dir / "compare.log").read_text()
+    assert "received signal 10" in log, log  # USR1 reached the job and was forwarded
+    fit_log = _saved_mid_epoch(run_dir)
     # Lightning handled it: the hpc checkpoint, then its own `scontrol requeue`
     assert "Handling auto-requeue signal: 10" in fit_log, fit_log[-3000:]
     assert f"Requeued SLURM job: {job}" in fit_log, fit_log[-3000:]
     hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
-    assert hpc["global_step"] > 0
-    # the restart continues from the newest checkpoint: last.ckpt if the SIGTERM save came
-    # after the hpc checkpoint (it does when the fit is still running then), else hpc_ckpt_1
-    assert "restart 1" in log, log
-    if "SIGTERM: saved" in fit_log:
-        saved_step = int(fit_log.split("SIGTERM: saved")[1].split("at global step ")[1].split()[0])
-        assert saved_step >= hpc["global_step"]
-        assert "fit (continued from last.ckpt)" in log, log
-    else:
-        assert "fit (continued from hpc_ckpt_1.ckpt)" in log, log
-    assert [p.name for p in (out / "runs").iterdir() if p.is_dir() and p.name != "slurm"] == [
-        run_dir.name
-    ]
-    epochs = []
-    for version in sorted((run_dir / "csv").glob("version_*")):
-        rows = _rows(version / "metrics.csv")
-        if any("train/loss" in r and r["train/loss"] for r in rows):  # a fit attempt
-            epochs.append(sorted({int(r["epoch"]) for r in rows if r.get("train/loss")}))
-    assert len(epochs) == 2 and epochs[0][0] == 0 and epochs[1][-1] == 2, epochs
+    assert hpc["global_step"] == HOLD_AT_STEP
+    assert "restart 1" in log and "fit (continued from " in log, log
+    assert _only_run_dir(out) == [run_dir.name]
+    epochs = _fit_epochs(run_dir)  # a slow restart may meet the time limit once more
+    assert epochs[0] == [0, 1] and epochs[1][0] == 1 and epochs[-1][-1] == 2, epochs
     assert (run_dir / "per_case.csv").is_file()
