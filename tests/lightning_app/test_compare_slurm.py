@@ -142,7 +142,7 @@ def _held(data_dir: Path, ready: Path) -> list[str]:
         "--trainer.callbacks+=tests.lightning_app.signal_helpers.HoldForSignal",
         f"--trainer.callbacks.step={HOLD_AT_STEP}",
         f"--trainer.callbacks.ready={ready}",
-        "--trainer.callbacks.timeout=300",
+        "--trainer.callbacks.timeout=600",
     ]
 
 
@@ -267,8 +267,9 @@ def test_srun_ddp_fit_two_tasks(slurm: None, env: dict, tmp_path: Path) -> None:
 def test_time_limit_usr1_auto_requeue_resumes_from_the_newest_checkpoint(
     slurm: None, env: dict, tmp_path: Path
 ) -> None:
-    """A real time limit: with `sbatch --time=8 --signal=B:USR1@330` SLURM sends USR1 to the
-    batch step 2 to 2.5 minutes after the start (slurmctld looks every 30 s), while the fit
+    """A real time limit: with `sbatch --time=10 --signal=B:USR1@300` SLURM sends USR1 to the
+    batch step 4.5 to 5 minutes after the start (slurmctld looks every 30 s; the fit must have
+    started by then, a USR1 before Lightning's handler is installed ends it), while the fit
     holds mid-epoch: the job forwards it to the fit, Lightning's SLURMEnvironment saves
     hpc_ckpt_1.ckpt into the run directory and requeues the job itself; the requeue's SIGTERM
     reaches every process of the job (the loader worker too) and the fit saves last.ckpt at the
@@ -276,11 +277,11 @@ def test_time_limit_usr1_auto_requeue_resumes_from_the_newest_checkpoint(
     the two."""
     args, out = _held(tmp_path / "data", tmp_path / "ready"), tmp_path / "out"
     job, run_dir = _submit_and_wait_until_held(
-        out, args, tmp_path / "ready", "--time=8", "--signal=B:USR1@330"
+        out, args, tmp_path / "ready", "--time=10", "--signal=B:USR1@300"
     )
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 420
     while not (run_dir / "hpc_ckpt_1.ckpt").is_file():
-        assert time.monotonic() < deadline, "no hpc_ckpt_1.ckpt 300 s after the fit held"
+        assert time.monotonic() < deadline, "no hpc_ckpt_1.ckpt 420 s after the fit held"
         time.sleep(0.5)
     again = _compare(out, args, "--launcher", "slurm", "--poll", "2")
     assert again.returncode == 0, again.stdout + again.stderr
