@@ -18,7 +18,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from losses.functional import dice_loss_from_scores, one_hot, soft_dice_score
+from losses.functional import (
+    class_sums,
+    dice_from_sums,
+    dice_loss_from_scores,
+    power_sum,
+    soft_dice_score,
+)
 from losses.inputs import check_ignore_index, check_non_negative, flatten_inputs
 
 
@@ -108,7 +114,9 @@ class PixelwiseModulatedDiceLoss(SoftDiceLoss):
 
     Easy pixels (``p`` close to ``y``) weigh little, hard ones close to 1, so the Dice
     concentrates on the difficult pixels without a selection. ``gamma = 0`` is exactly
-    :class:`SoftDiceLoss`.
+    :class:`SoftDiceLoss`. ``m`` is ``q_c^gamma_c`` off the target class and ``(1 - q_y)^gamma_y``
+    at it (``q = stopgrad(p)``), so ``sum m p^2`` is the full sum ``sum_c q_c^gamma_c p_c^2``
+    plus a per-pixel correction at the target class: no ``(B, C, N)`` factor is built.
 
     Args:
         gamma: focusing exponent, one number or one per class (each ``>= 0``).
@@ -151,14 +159,27 @@ class PixelwiseModulatedDiceLoss(SoftDiceLoss):
                 f"Expected one `gamma` per class ({num_classes}), but got {self.gamma.numel()}"
             )
         with torch.autocast(logits.device.type, enabled=False):
-            probs = logits.softmax(1)  # (B, C, N)
-            with torch.no_grad():  # the factor m = |y - stopgrad(p)|^gamma_c, (B, C, N)
-                y = one_hot(target, num_classes, probs.dtype)
-                factor = (y - probs).abs().pow(self.gamma.to(probs.dtype).view(1, -1, 1))
+            probs = logits.softmax(1)
+            p_target = probs.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, N)
+            with torch.no_grad():  # the factor m, off and at each pixel's target class
+                q, q_target = probs.detach(), p_target.detach()
+                gamma = self.gamma.to(q.dtype)
+                gamma_target = gamma[target] if self.per_class else gamma  # (B, N) or (1,)
+                plain = bool((gamma == 1).all())
+                m_off = q if plain else q.pow(gamma.view(1, -1, 1))  # q_c^gamma_c, (B, C, N)
+                m_off_target = q_target if plain else q_target.pow(gamma_target)
+                m_target = (1.0 - q_target).pow(gamma_target)  # (1 - q_y)^gamma_y, (B, N)
                 if valid is not None:
-                    factor = factor * valid.unsqueeze(1)
-            scores = soft_dice_score(
-                probs, target, factor, smooth=self.smooth, squared=self.squared, batch=self.batch
+                    m_off = m_off * valid.unsqueeze(1)
+                    m_off_target, m_target = m_off_target * valid, m_target * valid
+            # sum m p^2: the full sum with m_off, corrected at the target class
+            power_target = p_target * p_target if self.squared else p_target
+            correction = class_sums(target, num_classes, (m_target - m_off_target) * power_target)
+            prob_sum = power_sum(probs, m_off, self.squared) + correction
+            intersection = class_sums(target, num_classes, m_target * p_target)
+            target_sum = class_sums(target, num_classes, m_target)
+            scores = dice_from_sums(
+                intersection, target_sum, prob_sum, smooth=self.smooth, batch=self.batch
             )
             counted = counted_images(valid, self.batch)
             return dice_loss_from_scores(scores, self.include_background, counted)

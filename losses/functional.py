@@ -82,9 +82,18 @@ def dice_from_sums(
 
 def power_sum(probs: Tensor, weight: Tensor | None, squared: bool) -> Tensor:
     """``(B, C)``: ``sum_n w p^2`` (``squared``) or ``sum_n w p`` over the pixels; ``weight``
-    broadcastable to ``probs`` without gradient, or None."""
-    power = probs * probs if squared else probs
-    return (power if weight is None else power * weight).sum(-1)
+    broadcastable to ``probs`` without gradient, or None.
+
+    The square sum is written ``2 sum (w q) p - stopgrad(sum (w q) p)`` with ``q = stopgrad(p)``:
+    the same value and the same first derivative ``2 w p``, which autograd then computes in
+    one product (``p * p`` takes two products and a sum of the two gradients). Not for second
+    derivatives. ``tests/losses/test_functional.py`` holds value and gradient against ``p * p``.
+    """
+    if not squared:
+        return (probs if weight is None else probs * weight).sum(-1)
+    weighted_q = probs.detach() if weight is None else probs.detach() * weight
+    half = (weighted_q * probs).sum(-1)  # sum w q p: the value sum w p^2, gradient w p
+    return 2.0 * half - half.detach()
 
 
 def dice_loss_from_scores(

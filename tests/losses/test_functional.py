@@ -10,6 +10,7 @@ from losses.functional import (
     class_sums,
     dice_loss_from_scores,
     num_selected,
+    power_sum,
     soft_dice_score,
     top_k_mask,
     weighted_mean,
@@ -99,3 +100,18 @@ def test_weighted_mean():
     zero = weighted_mean(values, torch.zeros(3))
     zero.backward()
     assert zero.item() == 0 and (values.grad == 0).all()
+
+
+@pytest.mark.parametrize("weight_shape", [None, (3, 1, 29), (3, 4, 29)])
+def test_power_sum_value_and_gradient_are_those_of_the_plain_square_sum(weight_shape):
+    probs, _, gen = random_probs()
+    weight = None if weight_shape is None else torch.rand(weight_shape, generator=gen).double()
+    x = probs.clone().requires_grad_(True)
+    r = probs.clone().requires_grad_(True)
+    upstream = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    ours = power_sum(x, weight, squared=True)
+    plain = (r * r * (1 if weight is None else weight)).sum(-1)
+    torch.testing.assert_close(ours, plain, rtol=1e-15, atol=0)
+    (ours * upstream).sum().backward()
+    (plain * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, r.grad, rtol=1e-15, atol=0)
