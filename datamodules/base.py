@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.hdf5 import FORMAT_VERSION, SPLITS, SliceDataset, VolumeDataset
-from datamodules.loader import SliceLoader
+from datamodules.loader import EpochSeeds, EpochShuffleSampler, SliceLoader, run_seed
 from datamodules.locking import data_dir_lock
 from datamodules.raw import CaseData, CaseSpec
 from datamodules.split_files import (
@@ -355,13 +355,24 @@ class SliceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training slices; a last batch of a single slice is dropped (BatchNorm
-        cannot train on one sample: "Expected more than 1 value per channel")."""
-        n = len(self.train_set) if self.train_set is not None else 0
-        world = getattr(getattr(self, "trainer", None), "world_size", 1) or 1
-        per_rank = -(-n // world)  # DistributedSampler pads every rank to ceil(n / world)
+        cannot train on one sample: "Expected more than 1 value per channel"). The order and
+        the augmentation of each epoch follow from the run's seed and the epoch
+        (:mod:`datamodules.loader`), so a resume at an epoch boundary repeats them."""
+        if self.train_set is None:
+            return self._loader(None, "train")
+        trainer = getattr(self, "trainer", None)
+        world = getattr(trainer, "world_size", 1) or 1
+        per_rank = -(-len(self.train_set) // world)  # DistributedSampler pads to ceil(n / world)
         drop_last = self.batch_size > 1 and per_rank % self.batch_size == 1
+        seed = run_seed()
+        self.train_set.epoch_seeds = EpochSeeds(seed, getattr(trainer, "global_rank", 0) or 0)
+        sampler = EpochShuffleSampler(self.train_set, seed)
         return self._loader(
-            self.train_set, "train", batch_size=self.batch_size, shuffle=True, drop_last=drop_last
+            self.train_set,
+            "train",
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.loader import EpochSeeds
 from datamodules.transforms import SliceTransform
 
 __all__ = ["FORMAT_VERSION", "SPLITS", "SliceDataset", "VolumeDataset"]
@@ -110,29 +111,29 @@ class SliceDataset(_H5Dataset):
     Item: ``{"image": float32 (C, S, S), "label": int64 (S, S), "case": str, "slice": int}``
     with S the transform's size (``datamodules.transforms``; ``None``: the stored slice as it
     is); ``case`` and ``slice`` (index along D) name where the slice came from, so a failing
-    training step can say which data it saw.
+    training step can say which data it saw. The transform's random draws are reseeded in each
+    loading process at the first item of each epoch from :attr:`epoch_seeds`
+    (:class:`~datamodules.loader.EpochSeeds`: the run's seed, rank, epoch and worker id).
     """
 
     def __init__(self, path: str | Path, transform: SliceTransform | None) -> None:
         super().__init__(path)
         self.transform = transform
+        self.epoch_seeds = EpochSeeds()
         self.case_index = np.repeat(np.arange(len(self.cases), dtype=np.int64), self.depths)
         starts = np.cumsum(self.depths) - self.depths
         self.slice_index = np.arange(int(self.depths.sum()), dtype=np.int64) - np.repeat(
             starts, self.depths
         )
 
-    def _on_open(self) -> None:
-        # Each worker process reseeds the transform from its own torch seed, which Lightning /
-        # PyTorch make distinct per worker (and per rank), so workers do not repeat each other.
-        if self.transform is not None:
-            self.transform.set_random_seed(torch.initial_seed() % 2**32)
-
     def __len__(self) -> int:
         return int(self.depths.sum())
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         self._ensure_open()
+        seed = self.epoch_seeds.new_epoch_seed()
+        if seed is not None and self.transform is not None:
+            self.transform.set_random_seed(seed)
         case, z = int(self.case_index[index]), int(self.slice_index[index])
         image, label = self._read_slice(case, z)
         image = image.transpose(1, 2, 0)  # (H, W, C) for albumentations / cv2

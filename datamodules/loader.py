@@ -22,21 +22,105 @@ a Ctrl-C or a SIGTERM sent to the whole process group (SLURM's preemption, time 
 ``scancel``, ``kill -- -PGID``) then reaches the main process, which finishes its step and saves,
 instead of killing the workers under it. The main process still shuts its workers down with its
 own SIGTERM.
+
+Random draws that a resume restores (:class:`EpochShuffleSampler`, :class:`EpochSeeds`): the
+training order of epoch ``e`` is a permutation drawn from ``(seed, e)``, and each process that
+loads slices (worker ``w`` of rank ``r``, or the main process as worker 0) reseeds its
+augmentation from ``(seed, r, e, w)`` when it meets a new epoch; ``seed`` is the run's
+``seed_everything``. Epoch ``e`` of a run resumed at an epoch boundary therefore draws what the
+uninterrupted run drew, whatever ran before it in the process.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import random
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate, get_worker_info
+from torch.utils.data import DataLoader, RandomSampler, default_collate, get_worker_info
 
-__all__ = ["SliceLoader", "collate_slices", "leave_signals_to_main"]
+__all__ = [
+    "EpochSeeds",
+    "EpochShuffleSampler",
+    "SliceLoader",
+    "collate_slices",
+    "leave_signals_to_main",
+    "run_seed",
+]
+
+
+def run_seed() -> int:
+    """The run's seed: ``seed_everything``'s (``$PL_GLOBAL_SEED``), else torch's initial seed
+    (random in an unseeded process)."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None else torch.initial_seed()
+
+
+def _derived_seed(*entropy: int) -> int:
+    """A 32-bit seed from integers (``numpy.random.SeedSequence``: nearby tuples give
+    unrelated seeds)."""
+    return int(np.random.SeedSequence([e % 2**63 for e in entropy]).generate_state(1)[0])
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A shuffle whose order in epoch ``e`` is ``torch.randperm(n)`` drawn from ``(seed, e)``
+    only: Lightning sets the epoch (``set_epoch``) before each training epoch, so a resumed run
+    replays the order of the uninterrupted one, and the global random state is not touched.
+    A ``RandomSampler``, so that under DDP Lightning replaces it with a shuffling
+    ``DistributedSampler`` (whose order is also a function of its seed and the epoch)."""
+
+    def __init__(self, data_source: Sized, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.epoch))
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class EpochSeeds:
+    """Per-epoch seeds of a dataset's random draws, in every process that loads from it.
+
+    The main process sets the epoch (:meth:`set_epoch`, shared memory, so persistent loader
+    workers see it; :class:`SliceLoader` does it before each pass); a loading process calls
+    :meth:`new_epoch_seed` before each item and reseeds its augmentation with the seed it
+    returns at the first item of a new epoch: ``(seed, rank, epoch, worker id)``, the main
+    process counting as worker 0. A worker also reseeds Python's, NumPy's and torch's global
+    generators with it. Exact when a pass runs to its end before the next starts (a pass cut
+    short leaves prefetched items that a worker may load after the epoch has changed).
+    """
+
+    def __init__(self, seed: int = 0, rank: int = 0) -> None:
+        self.seed, self.rank = int(seed), int(rank)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._seen: tuple[int, int] | None = None  # (pid, epoch) last reseeded for
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def new_epoch_seed(self) -> int | None:
+        """The seed of this process in the current epoch if it has not yet been handed out
+        here, else ``None``."""
+        seen = (os.getpid(), int(self._epoch))
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        worker = get_worker_info()
+        seed = _derived_seed(self.seed, self.rank, seen[1], 0 if worker is None else worker.id)
+        if worker is not None:  # the worker's own globals; the main process keeps its state
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        return seed
 
 
 def collate_slices(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -86,7 +170,8 @@ class SliceLoader(DataLoader):
     workers as uint8 (module docstring). Takes ``DataLoader``'s arguments; ``collate_fn``
     defaults to :func:`collate_slices`. Lightning re-creates it with a distributed sampler
     under DDP like any ``DataLoader``. Its workers leave SIGINT and SIGTERM to the main process
-    (:func:`leave_signals_to_main`, run before any ``worker_init_fn``)."""
+    (:func:`leave_signals_to_main`, run before any ``worker_init_fn``). Before each pass it
+    hands the sampler's epoch to the dataset's ``epoch_seeds`` (:class:`EpochSeeds`), if any."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("collate_fn") is None:
@@ -106,6 +191,11 @@ class SliceLoader(DataLoader):
             self.worker_init_fn = then
 
     def __iter__(self) -> Iterator[Any]:
+        # the epoch of the pass (the sampler's, set by Lightning) for the dataset's EpochSeeds,
+        # before the (persistent) workers receive its first indices
+        seeds = getattr(self.dataset, "epoch_seeds", None)
+        if isinstance(seeds, EpochSeeds):
+            seeds.set_epoch(getattr(self.sampler, "epoch", 0))
         for batch in super().__iter__():
             label = batch.get("label") if isinstance(batch, dict) else None
             if isinstance(label, torch.Tensor) and label.dtype == torch.uint8:

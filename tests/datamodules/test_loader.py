@@ -1,15 +1,16 @@
-"""The slice loader: uint8 labels between processes, batches equal to ``default_collate``."""
+"""The slice loader: uint8 labels between processes, batches equal to ``default_collate``; the
+training order and augmentation of an epoch follow from (seed, epoch) alone."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from lightning.fabric.utilities.data import _replace_dunder_methods
-from lightning.pytorch.utilities.data import _update_dataloader
+from lightning.pytorch.utilities.data import _is_dataloader_shuffled, _update_dataloader
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from datamodules import PhantomDataModule
-from datamodules.loader import SliceLoader, collate_slices
+from datamodules.loader import EpochShuffleSampler, SliceLoader, collate_slices
 from tests.datamodules.test_phantom import SMALL
 
 
@@ -87,3 +88,51 @@ def test_lightning_reinstantiates_it_with_a_distributed_sampler(phantom) -> None
     order = list(sampler)
     assert batches[0]["slice"].tolist() == [int(ds.slice_index[i]) for i in order[:4]]
     assert batches[0]["case"] == [ds.cases[ds.case_index[i]] for i in order[:4]]
+
+
+def test_epoch_shuffle_is_a_function_of_seed_and_epoch() -> None:
+    sampler = EpochShuffleSampler(range(50), seed=7)
+    before = torch.get_rng_state()
+    orders = {}
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        orders.setdefault(epoch, []).append(list(sampler))
+    assert torch.equal(torch.get_rng_state(), before)  # the global stream is not drawn from
+    assert orders[0][0] == orders[0][1] and sorted(orders[0][0]) == list(range(50))
+    assert orders[1][0] != orders[0][0] and sorted(orders[1][0]) == list(range(50))
+    other = EpochShuffleSampler(range(50), seed=8)
+    assert list(other) != orders[0][0]
+
+
+def _augmented_epoch(phantom, epoch: int, num_workers: int) -> torch.Tensor:
+    """The training images of ``epoch`` from a new training loader (a fresh process state)."""
+    phantom.num_workers = num_workers
+    try:
+        loader = phantom.train_dataloader()
+    finally:
+        phantom.num_workers = 0
+    loader.sampler.set_epoch(epoch)  # what Lightning does before each training epoch
+    return torch.cat([b["image"] for b in loader])
+
+
+def test_an_epoch_is_the_same_after_a_restart_and_with_any_worker(phantom, monkeypatch) -> None:
+    """Epoch 1 of one loader (its persistent worker has loaded epoch 0 first) equals epoch 1 of
+    a new loader, and a loader without workers: the order comes from (seed, epoch), the
+    augmentation is reseeded from (seed, rank, epoch, worker) at each epoch."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")
+    phantom.num_workers = 1
+    try:
+        loader = phantom.train_dataloader()
+    finally:
+        phantom.num_workers = 0
+    assert isinstance(loader.sampler, EpochShuffleSampler) and loader.persistent_workers
+    assert _is_dataloader_shuffled(loader)  # so Lightning shuffles under DDP
+    straight = []
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        straight.append(torch.cat([b["image"] for b in loader]))
+    assert not torch.equal(straight[0], straight[1])
+    assert torch.equal(_augmented_epoch(phantom, 1, num_workers=1), straight[1])
+    assert torch.equal(_augmented_epoch(phantom, 1, num_workers=0), straight[1])
+    monkeypatch.setenv("PL_GLOBAL_SEED", "43")
+    assert not torch.equal(_augmented_epoch(phantom, 1, num_workers=0), straight[1])
