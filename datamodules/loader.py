@@ -171,12 +171,29 @@ class SliceLoader(DataLoader):
     defaults to :func:`collate_slices`. Lightning re-creates it with a distributed sampler
     under DDP like any ``DataLoader``. Its workers leave SIGINT and SIGTERM to the main process
     (:func:`leave_signals_to_main`, run before any ``worker_init_fn``). Before each pass it
-    hands the sampler's epoch to the dataset's ``epoch_seeds`` (:class:`EpochSeeds`), if any."""
+    hands the sampler's epoch to the dataset's ``epoch_seeds`` (:class:`EpochSeeds`), if any.
+
+    Resumable mid-epoch (Lightning's stateful-loader interface): :meth:`state_dict` holds the
+    pass's epoch and how many batches it has handed out (Lightning does not prefetch from a
+    loader with a length, so these are the batches trained on when a checkpoint is saved);
+    after :meth:`load_state_dict` the next pass of that epoch loads those batches again and
+    drops them, so that the workers' random draws for the batches that follow are those of the
+    uninterrupted pass, and hands out the rest.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("collate_fn") is None:
             kwargs["collate_fn"] = collate_slices
         super().__init__(*args, **kwargs)
+        self._position = (0, 0)  # (epoch, batches handed out) of the current pass
+        self._resume_at: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._position
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
     def _get_iterator(self) -> Any:
         # the workers start here; any worker_init_fn (Lightning sets its seeding one after
@@ -191,14 +208,25 @@ class SliceLoader(DataLoader):
             self.worker_init_fn = then
 
     def __iter__(self) -> Iterator[Any]:
-        # the epoch of the pass (the sampler's, set by Lightning) for the dataset's EpochSeeds,
-        # before the (persistent) workers receive its first indices
+        # A generator: this body runs at the first batch, after Lightning has set the sampler's
+        # epoch, and hands that epoch to the dataset's EpochSeeds before the (persistent)
+        # workers receive its first indices.
+        epoch = int(getattr(self.sampler, "epoch", 0))
         seeds = getattr(self.dataset, "epoch_seeds", None)
         if isinstance(seeds, EpochSeeds):
-            seeds.set_epoch(getattr(self.sampler, "epoch", 0))
-        for batch in super().__iter__():
+            seeds.set_epoch(epoch)
+        skip = 0
+        if self._resume_at is not None:
+            if self._resume_at[0] == epoch:
+                skip = self._resume_at[1]
+            self._resume_at = None
+        self._position = (epoch, skip)
+        for position, batch in enumerate(super().__iter__(), start=1):
+            if position <= skip:
+                continue  # trained on before the checkpoint
             label = batch.get("label") if isinstance(batch, dict) else None
             if isinstance(label, torch.Tensor) and label.dtype == torch.uint8:
                 wide = torch.empty(label.shape, dtype=torch.int64, pin_memory=label.is_pinned())
                 batch["label"] = wide.copy_(label)
+            self._position = (epoch, position)
             yield batch

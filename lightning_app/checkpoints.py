@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import threading
 import time
@@ -27,8 +26,6 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -38,9 +35,7 @@ from datamodules.atomic import atomic_write_text
 __all__ = [
     "FIT_COMPLETE",
     "CheckpointOnTerminate",
-    "global_rng_states",
     "resume_checkpoint",
-    "set_global_rng_states",
     "slurm_restart_count",
     "write_fit_complete",
 ]
@@ -70,32 +65,6 @@ def slurm_restart_count() -> int:
         return 0
 
 
-def global_rng_states() -> dict[str, Any]:
-    """The process's global random states: Python's ``random``, NumPy's legacy generator,
-    torch's CPU generator and, when CUDA is initialised, every GPU's; as tensors, tuples and
-    numbers only, so a checkpoint holding them loads with ``weights_only=True``."""
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_global_rng_states(states: dict[str, Any]) -> None:
-    """Restore what :func:`global_rng_states` returned (the GPUs' states only onto as many GPUs)."""
-    random.setstate(states["python"])
-    kind, key, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(states["torch"])
-    cuda = states.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
 class CheckpointOnTerminate(Callback):
     """Save ``last.ckpt`` when a fit is stopped by SIGTERM or Ctrl-C, and mark a finished fit.
 
@@ -113,32 +82,12 @@ class CheckpointOnTerminate(Callback):
     A fit that ends normally writes ``<run dir>/fit_complete.json`` (:data:`FIT_COMPLETE`:
     epochs, global step, image size, finish time), which ``make eval`` / ``make predict`` with
     ``CKPT=last`` look for (:mod:`lightning_app.finished_runs`).
-
-    Every checkpoint also holds the global random states (:func:`global_rng_states`, in this
-    callback's state); a fit resumed from it restores them just before its first training
-    step, after the loaders have started, so that code drawing from them (dropout) continues
-    the uninterrupted run's streams at an epoch boundary.
     """
 
     def __init__(self) -> None:
         self._pending: int | None = None
         self._trainer: L.Trainer | None = None
         self._previous: dict[int, Any] = {}
-        self._rng_to_restore: dict[str, Any] | None = None
-
-    # ------------------------------------------------------------------ random states
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng_states": global_rng_states()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._rng_to_restore = state_dict.get("rng_states")
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        if self._rng_to_restore is not None:
-            set_global_rng_states(self._rng_to_restore)
-            self._rng_to_restore = None
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -136,3 +136,42 @@ def test_an_epoch_is_the_same_after_a_restart_and_with_any_worker(phantom, monke
     assert torch.equal(_augmented_epoch(phantom, 1, num_workers=0), straight[1])
     monkeypatch.setenv("PL_GLOBAL_SEED", "43")
     assert not torch.equal(_augmented_epoch(phantom, 1, num_workers=0), straight[1])
+
+
+def test_a_loader_resumed_inside_an_epoch_hands_out_the_rest_of_it(phantom, monkeypatch) -> None:
+    """After 2 batches of epoch 1 the loader's state holds (1, 2); a new loader given it hands
+    out the epoch's other batches, augmented as in the uninterrupted pass (the skipped batches
+    are loaded and dropped, so the worker's draws stay in step); a state of another epoch is
+    ignored."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")
+    phantom.num_workers = 1
+    try:
+        loader = phantom.train_dataloader()
+    finally:
+        phantom.num_workers = 0
+    loader.sampler.set_epoch(1)
+    batches = iter(loader)
+    seen = [next(batches)["image"], next(batches)["image"]]
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": 2}
+    rest = [b["image"] for b in batches]
+    assert len(seen) + len(rest) == len(loader) > 2
+
+    for workers in (1, 0):
+        phantom.num_workers = workers
+        try:
+            resumed = phantom.train_dataloader()
+        finally:
+            phantom.num_workers = 0
+        resumed.load_state_dict(state)
+        resumed.sampler.set_epoch(1)
+        got = [b["image"] for b in resumed]
+        assert len(got) == len(rest)
+        assert all(torch.equal(a, b) for a, b in zip(got, rest, strict=True))
+        assert resumed.state_dict() == {"epoch": 1, "batches": len(loader)}
+        assert len(list(resumed)) == len(loader)  # the next pass is whole again
+
+    resumed = phantom.train_dataloader()
+    resumed.load_state_dict({"epoch": 0, "batches": 2})
+    resumed.sampler.set_epoch(1)
+    assert len(list(resumed)) == len(loader)

@@ -9,23 +9,14 @@ restart is then reproduced by the variable SLURM sets in a requeued job
 from __future__ import annotations
 
 import csv
-import io
 import os
-import random
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from lightning_app.checkpoints import (
-    CheckpointOnTerminate,
-    global_rng_states,
-    resume_checkpoint,
-    set_global_rng_states,
-    slurm_restart_count,
-)
+from lightning_app.checkpoints import resume_checkpoint, slurm_restart_count
 from lightning_app.cli import main
 from models import SegmentationModel
 
@@ -91,27 +82,3 @@ def test_slurm_restart_count_outside_slurm(monkeypatch: pytest.MonkeyPatch) -> N
     assert slurm_restart_count() == 0
     monkeypatch.setenv("SLURM_RESTART_COUNT", "x")
     assert slurm_restart_count() == 0
-
-
-def _draws() -> tuple[float, float, float, float]:
-    return random.random(), float(np.random.rand()), float(torch.rand(())), float(np.random.randn())
-
-
-def test_checkpoint_restores_the_global_random_states_at_the_first_step() -> None:
-    """The callback's state (saved in every checkpoint, loadable with ``weights_only=True``)
-    holds Python's, NumPy's and torch's global random states; a resumed fit sets them back
-    just before its first training step, once."""
-    random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    buffer = io.BytesIO()
-    torch.save(CheckpointOnTerminate().state_dict(), buffer)
-    expected = _draws()
-    random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    resumed = CheckpointOnTerminate()
-    buffer.seek(0)
-    resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    assert _draws() != expected  # nothing is restored before the first step
-    resumed.on_train_batch_start(None, None)  # type: ignore[arg-type]
-    assert _draws() == expected
-    resumed.on_train_batch_start(None, None)  # type: ignore[arg-type]
-    assert _draws() != expected  # once only: the next steps continue the streams
-    set_global_rng_states(global_rng_states())  # the pair round-trips
