@@ -254,7 +254,7 @@ def run_comparison(
     folds = "" if comparison.folds is None else f" x {len(comparison.folds)} folds"
     log(
         f"{comparison.name}: {len(comparison.entries)} rows x {len(comparison.seeds)} seeds"
-        f"{folds} on {comparison.dataset} -> {comparison.out_dir} (W&B group {comparison.group})"
+        f"{folds} on {comparison.data_name} -> {comparison.out_dir} (W&B group {comparison.group})"
     )
     if dry_run:
         for spec in specs:

@@ -122,7 +122,7 @@ class Comparison:
         entries: the rows (:func:`loss_entries` or :func:`sweep_k_entries`).
         seeds: the seeds, one run per row and seed (``seed_everything``).
         user_args: Lightning CLI overrides applied to every run (``ARGS``), last.
-        out_dir: outputs; runs in ``out_dir/runs``.
+        out_dir: outputs; runs in ``out_dir/runs`` (default ``results/<data_name>``).
         name: file stem of the outputs (``comparison`` or ``sweep_k``).
         mode: ``compare`` or ``sweepk`` (prefix of run names and of the W&B group).
         reference: label of the row the others are tested against (``None``: none).
@@ -149,9 +149,22 @@ class Comparison:
     command: str = ""
     folds: list[int] | None = None
 
+    @property
+    def data_name(self) -> str:
+        """The name the tables and plots give the data: the folder of a ``--data.raw_dir``
+        override (an nnU-Net dataset, ``Dataset900_Phantom``), else :attr:`dataset`."""
+        raw_dir = None
+        args = list(self.user_args)
+        for i, arg in enumerate(args):
+            if arg.startswith("--data.raw_dir="):
+                raw_dir = arg.split("=", 1)[1]
+            elif arg == "--data.raw_dir" and i + 1 < len(args):
+                raw_dir = args[i + 1]
+        return Path(raw_dir.rstrip("/")).name if raw_dir else self.dataset
+
     def __post_init__(self) -> None:
         self._hashes: dict[str, str] = {}
-        self.out_dir = Path(self.out_dir or Path("results") / self.dataset)
+        self.out_dir = Path(self.out_dir or Path("results") / self.data_name)
         self.configs_dir = Path(self.configs_dir)
         data_cfg = self.configs_dir / "data" / f"{self.dataset}.yaml"
         if not data_cfg.is_file():

@@ -63,14 +63,14 @@ def write_outputs(
         for label in done
     }
     plots = {}
-    where = f"{comparison.dataset}, {len(comparison.seeds)} seed(s)"
+    where = f"{comparison.data_name}, {len(comparison.seeds)} seed(s)"
     curve_path = plot_curves(curves, out / f"{stem}_val_dice.png", f"Validation Dice ({where})")
     if curve_path is not None:
         plots["curves_plot"] = curve_path
     title = (
-        f"Loss comparison on {comparison.dataset}"
+        f"Loss comparison on {comparison.data_name}"
         if comparison.mode == "compare"
-        else f"CE + topK-Dice: sweep over K on {comparison.dataset}"
+        else f"CE + topK-Dice: sweep over K on {comparison.data_name}"
     )
     result = analyze_rows(
         rows,
@@ -158,7 +158,7 @@ def log_to_wandb(comparison: Comparison, paths: dict[str, Path]) -> str | None:
         header = next(reader)
         data = _typed_columns(list(reader))
     run = wandb.init(
-        project=f"topk-dice-{comparison.dataset}",
+        project=f"topk-dice-{comparison.data_name}",
         group=comparison.group,
         job_type="comparison",
         id=comparison_run_id(comparison),

@@ -81,6 +81,24 @@ def no_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ---------------------------------------------------------------------- plan
+@pytest.mark.parametrize(
+    ("user_args", "name"),
+    [
+        (["--data.raw_dir=/data/nnUNet_raw/Dataset900_Phantom/"], "Dataset900_Phantom"),
+        (["--data.raw_dir", "Task04_Hippocampus", "--data.image_size=64"], "Task04_Hippocampus"),
+        (["--data.image_size=64"], "nnunet"),
+    ],
+)
+def test_the_data_is_named_after_its_folder(tmp_path: Path, user_args, name) -> None:
+    """Titles, plots, the W&B project and the default output folder name an nnU-Net dataset
+    by its folder, as its runs' logs/<folder>/ do."""
+    comparison = fold_comparison(tmp_path, user_args=user_args)
+    assert comparison.data_name == name
+    comparison.out_dir = None
+    comparison.__post_init__()
+    assert comparison.out_dir == Path("results") / name
+
+
 def test_plan_runs_every_loss_seed_and_fold(tmp_path: Path) -> None:
     comparison = fold_comparison(tmp_path, user_args=["--data.raw_dir=x"])
     specs = comparison.plan(None)
@@ -254,3 +272,4 @@ def test_make_compare_over_two_folds_of_an_nnunet_dataset(tiny_env: Path) -> Non
         tested = {(r["case"], r["fold"]) for r in rows if r["loss"] == loss}
         assert sorted(tested) == sorted((c, str(i // 3)) for i, c in enumerate(ids))
     assert (tiny_env / "data" / "nnunet" / "Dataset001_Tiny" / "fold_1_held_out").is_dir()
+    assert paths["markdown"].read_text().startswith("# Loss comparison on Dataset001_Tiny")
