@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from datamodules.atomic import atomic_write_text
+from lightning_app import early_signals
 
 __all__ = [
     "FIT_COMPLETE",
@@ -77,7 +78,9 @@ class CheckpointOnTerminate(Callback):
     ``128 + signal`` (143 for SIGTERM, 130 for SIGINT) and no traceback. Loader workers leave
     both signals to the main process (:mod:`datamodules.loader`), so a signal sent to the whole
     process group (SLURM, ``kill -- -PGID``, Ctrl-C) stops the run the same way. Nothing is
-    written before the first optimisation step, nor outside ``fit``.
+    written before the first optimisation step, nor outside ``fit``. A SLURM requeue signal
+    (SIGUSR1) that arrives while the run starts is held and handed to Lightning's requeue
+    handler once training (or testing) starts (:mod:`lightning_app.early_signals`).
 
     A fit that ends normally writes ``<run dir>/fit_complete.json`` (:data:`FIT_COMPLETE`:
     epochs, global step, image size, finish time), which ``make eval`` / ``make predict`` with
@@ -88,6 +91,19 @@ class CheckpointOnTerminate(Callback):
         self._pending: int | None = None
         self._trainer: L.Trainer | None = None
         self._previous: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ SIGUSR1 at start-up
+    # (lightning_app.early_signals: held from the process's start, given back before Lightning
+    # installs its requeue handler, replayed to that handler once the run is under way)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            early_signals.release()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        early_signals.release()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        early_signals.replay()
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -108,6 +124,7 @@ class CheckpointOnTerminate(Callback):
         self._pending, self._trainer = None, trainer
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        early_signals.replay()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any

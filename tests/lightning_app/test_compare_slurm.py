@@ -299,3 +299,41 @@ def test_time_limit_usr1_auto_requeue_resumes_from_the_newest_checkpoint(
     epochs = _fit_epochs(run_dir)  # a slow restart may meet the time limit once more
     assert epochs[0] == [0, 1] and epochs[1][0] == 1 and epochs[-1][-1] == 2, epochs
     assert (run_dir / "per_case.csv").is_file()
+
+
+def test_usr1_while_the_fit_starts_is_handed_to_lightning(
+    slurm: None, env: dict, tmp_path: Path
+) -> None:
+    """`scancel --signal=USR1 --batch` while the job's fit is still importing (as soon as it
+    holds SIGUSR1, lightning_app.early_signals): the job forwards it, the fit records it
+    instead of dying, gives it to Lightning's SLURMEnvironment once training starts (hpc
+    checkpoint, `scontrol requeue`), and the requeued job finishes the run."""
+    from tests.lightning_app.test_early_signals import _catches_usr1
+
+    args, out = _tiny(tmp_path / "data", epochs=2, num_train=4, num_workers=1), tmp_path / "out"
+    sub = _compare(out, args, "--launcher", "slurm", "--sbatch=--cpus-per-task=1", "--no-wait")
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    job = next((out / "runs" / "slurm").glob("*.jobid")).read_text().strip()
+    deadline = time.monotonic() + 300
+    while True:  # the job's fit process, once it holds SIGUSR1
+        found = subprocess.run(
+            ["pgrep", "-f", "--", f"-m lightning_app fit .*{out}"], capture_output=True, text=True
+        ).stdout.split()
+        if found and _catches_usr1(int(found[0])):
+            break
+        assert time.monotonic() < deadline, "the job's fit did not start in 300 s"
+        time.sleep(0.005)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
+    again = _compare(out, args, "--launcher", "slurm", "--poll", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 done" in again.stdout
+    log = next((out / "runs" / "slurm").glob(f"*-{job}.out")).read_text()
+    assert "received signal 10" in log and "restart 1" in log, log
+    (run_dir,) = [p for p in (out / "runs").iterdir() if p.is_dir() and p.name != "slurm"]
+    fit_log = (run_dir / "compare.log").read_text()
+    assert "SIGUSR1 (SLURM's requeue signal) received while starting" in fit_log, fit_log[-3000:]
+    assert "Handling auto-requeue signal: 10" in fit_log, fit_log[-3000:]
+    # Lightning's own `scontrol requeue` (which SLURM's SIGTERM to the job may interrupt once
+    # the requeue is under way: "failed with error code -15")
+    assert f"requeing job {job}..." in fit_log, fit_log[-3000:]
+    assert (run_dir / "hpc_ckpt_1.ckpt").is_file() and (run_dir / "per_case.csv").is_file()
