@@ -268,8 +268,7 @@ def test_time_limit_usr1_auto_requeue_resumes_from_the_newest_checkpoint(
     slurm: None, env: dict, tmp_path: Path
 ) -> None:
     """A real time limit: with `sbatch --time=10 --signal=B:USR1@300` SLURM sends USR1 to the
-    batch step 4.5 to 5 minutes after the start (slurmctld looks every 30 s; the fit must have
-    started by then, a USR1 before Lightning's handler is installed ends it), while the fit
+    batch step 4.5 to 5 minutes after the start (slurmctld looks every 30 s), while the fit
     holds mid-epoch: the job forwards it to the fit, Lightning's SLURMEnvironment saves
     hpc_ckpt_1.ckpt into the run directory and requeues the job itself; the requeue's SIGTERM
     reaches every process of the job (the loader worker too) and the fit saves last.ckpt at the
