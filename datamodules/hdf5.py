@@ -136,7 +136,8 @@ class SliceDataset(_H5Dataset):
             self.transform.set_random_seed(seed)
         case, z = int(self.case_index[index]), int(self.slice_index[index])
         image, label = self._read_slice(case, z)
-        image = image.transpose(1, 2, 0)  # (H, W, C) for albumentations / cv2
+        # (H, W, C) for albumentations / cv2: a view, resized plane by plane (see transforms)
+        image = image.transpose(1, 2, 0)
         if self.transform is not None:
             out = self.transform(image=image, mask=label)
             image, label = out["image"], out["mask"]
