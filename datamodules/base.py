@@ -31,7 +31,6 @@ from datamodules.split_files import (
     check_splits,
     json_sha256,
     plan_fingerprint,
-    read_ahead,
     write_case,
 )
 from datamodules.transforms import (
@@ -297,8 +296,9 @@ class SliceDataModule(L.LightningDataModule):
             f.attrs["fingerprint"] = fp
             f.attrs["settings_fingerprint"] = self.settings_fingerprint()
             f.attrs["split"] = split
-            for spec, case in read_ahead(self._load_case, cases):
+            for spec in cases:
                 progress.update(task, description=f"{split}: {spec.case_id}")
+                case = self._load_case(spec)
                 self._check_case(spec.case_id, case)
                 self._write_case(f, spec.case_id, case)
                 del case

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ __all__ = [
     "check_splits",
     "json_sha256",
     "plan_fingerprint",
-    "read_ahead",
     "write_case",
 ]
 
@@ -126,26 +123,6 @@ def check_case(case_id: str, case: CaseData, in_channels: int, num_classes: int)
             f"Case {case_id}: label must be uint8 in 0..{num_classes - 1}, got dtype "
             f"{case.label.dtype} with max {case.label.max()}."
         )
-
-
-def read_ahead(
-    load: Callable[[CaseSpec], CaseData], specs: Iterable[CaseSpec]
-) -> Iterator[tuple[CaseSpec, CaseData]]:
-    """Yield ``(spec, load(spec))`` in order, loading the next case in a thread while the
-    caller checks and writes the current one (reading and decompressing release the GIL, so
-    the two overlap on two cores). At most two cases are in memory; an error of ``load``
-    is raised when its case's turn comes."""
-    specs = list(specs)
-    if not specs:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(load, specs[0])
-        for i, spec in enumerate(specs):
-            case = ahead.result()
-            if i + 1 < len(specs):
-                ahead = pool.submit(load, specs[i + 1])
-            yield spec, case
-            del case
 
 
 def write_case(f: h5py.File, case_id: str, case: CaseData, compression: str | None) -> None:
