@@ -79,8 +79,12 @@ def read_case(
             different voxel grids, label values outside ``0..num_label_values-1``.
     """
     paths = [*images, *([label] if label is not None else [])]
-    with ThreadPoolExecutor(max_workers=min(len(paths), 4)) as pool:
-        loaded = list(pool.map(lambda p: read_image(p, ending), paths))
+    if ending in NATURAL_2D_ENDINGS:
+        # a few ms per file: threads cost more than they save (GIL handoffs, thread starts)
+        loaded = [read_image(p, ending) for p in paths]
+    else:
+        with ThreadPoolExecutor(max_workers=min(len(paths), 4)) as pool:
+            loaded = list(pool.map(lambda p: read_image(p, ending), paths))
     items = [(p, ch, aff) for p, (chs, aff) in zip(paths, loaded, strict=True) for ch in chs]
     channels = [ch for chs, _ in loaded[: len(images)] for ch in chs]
     if len(channels) != num_channels:

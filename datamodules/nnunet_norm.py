@@ -106,6 +106,13 @@ def normalize_channel(
     scheme = scheme_of(channel_name)
     if out is None:
         out = np.empty(np.shape(channel), np.float32)
+    if scheme == "rgb_to_0_1":
+        lo, hi = np.min(channel), np.max(channel)  # of the input: a uint8 one is 4x smaller
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"Channel {channel_name!r} (rgb_to_0_1) holds values outside [0, 255]: [{lo}, {hi}]"
+            )
+        return np.divide(channel, np.float32(255.0), out=out, dtype=np.float32)  # one pass
     if out is not channel:
         out[...] = channel
     if scheme == "nonorm":
@@ -120,14 +127,6 @@ def normalize_channel(
     if scheme == "rescale_to_0_1":
         out -= out.min()
         out /= np.float32(max(float(out.max()), 1e-8))
-        return out
-    if scheme == "rgb_to_0_1":
-        if out.min() < 0 or out.max() > 255:
-            raise ValueError(
-                f"Channel {channel_name!r} (rgb_to_0_1) holds values outside [0, 255]: "
-                f"[{out.min()}, {out.max()}]"
-            )
-        out /= np.float32(255.0)
         return out
     out -= out.mean()  # float32, as nnU-Net computes it
     flat = out.reshape(-1)
