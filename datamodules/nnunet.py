@@ -250,7 +250,7 @@ class NNUNetDataModule(SliceDataModule):
             "test": [spec(c, held_out) for c in test],
         }
 
-    def _check_splits(self, plan: dict[str, list[CaseSpec]]) -> None:  # type: ignore[override]
+    def _check_splits(self, plan: dict[str, list[CaseSpec]]) -> None:
         """Every split non-empty; ``imagesTs`` cases disjoint from the training cases (the
         held-out fold, when it is the test split, is the validation split by design)."""
         for split in ("train", "val", "test"):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A single-node SLURM on this machine, for the `slurm` tests (make test-slurm) and for trying
+# A single-node SLURM on the local host, for the `slurm` tests (make test-slurm) and for trying
 # `make compare LAUNCHER=slurm` without a cluster.
 #
 #   scripts/slurm_local.sh install   apt-get install slurmctld slurmd slurm-client munge (as root)
