@@ -55,8 +55,15 @@ def _one_line(exc: BaseException) -> str:
     return f"error: {text.strip()} {_HINT}"
 
 
-def run_reporting_errors(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
-    """Call ``main(argv without --debug)``; report a user error in one line (module docstring).
+def run_reporting_errors(
+    main: Callable[[list[str] | None], Any], argv: list[str] | None = None
+) -> int:
+    """Call ``main(None)`` with ``sys.argv[1:]`` set to ``argv`` (default: ``sys.argv[1:]``)
+    without ``--debug``; report a user error in one line (module docstring).
+
+    ``main`` reads the arguments from ``sys.argv``, as Lightning's DDP launcher does when it
+    starts the other ranks by running the same command line again; ``--debug`` reaches those
+    as ``LOG_LEVEL=debug``. ``sys.argv`` and ``$LOG_LEVEL`` are restored afterwards.
 
     Returns:
         0 when ``main`` returns, 2 for a bad argument, 1 for a file that cannot be read or
@@ -64,10 +71,12 @@ def run_reporting_errors(main: Callable[[list[str]], Any], argv: list[str] | Non
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
-    argv = [a for a in argv if a != DEBUG_FLAG]
-    sys.argv = sys.argv[:1]  # the arguments are passed explicitly (LightningCLI warns otherwise)
+    saved, saved_level = sys.argv, os.environ.get("LOG_LEVEL")
+    sys.argv = [sys.argv[0], *(a for a in argv if a != DEBUG_FLAG)]
+    if debug:
+        os.environ["LOG_LEVEL"] = "debug"
     try:
-        main(argv)
+        main(None)
     except (ValueError, MisconfigurationException) as exc:
         if debug:
             raise
@@ -80,4 +89,10 @@ def run_reporting_errors(main: Callable[[list[str]], Any], argv: list[str] | Non
             exc = OSError(f"{exc.filename}: {exc.strerror}")
         print(_one_line(exc), file=sys.stderr, flush=True)
         return 1
+    finally:
+        sys.argv = saved
+        if saved_level is None:
+            os.environ.pop("LOG_LEVEL", None)
+        else:
+            os.environ["LOG_LEVEL"] = saved_level
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -108,3 +109,20 @@ def test_make_eval_names_a_truncated_checkpoint(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"make eval: {bad} is not a complete checkpoint" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_command_line_stays_in_sys_argv_for_lightnings_ddp_launcher() -> None:
+    """Lightning starts the other DDP ranks by running ``sys.argv`` again: while the command
+    runs, ``sys.argv`` holds its arguments (``--debug`` as ``LOG_LEVEL=debug``); afterwards
+    both are as before."""
+    from lightning.fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd
+
+    seen = []
+
+    def command(args: list[str] | None) -> None:
+        seen.append((args, list(_basic_subprocess_cmd())[-2:], os.environ.get("LOG_LEVEL")))
+
+    before, level = list(sys.argv), os.environ.get("LOG_LEVEL")
+    assert run_reporting_errors(command, ["fit", "--debug", "--trainer.devices=2"]) == 0
+    assert seen == [(None, ["fit", "--trainer.devices=2"], "debug")]
+    assert sys.argv == before and os.environ.get("LOG_LEVEL") == level
