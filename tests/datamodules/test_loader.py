@@ -104,13 +104,19 @@ def test_epoch_shuffle_is_a_function_of_seed_and_epoch() -> None:
     assert list(other) != orders[0][0]
 
 
-def _augmented_epoch(phantom, epoch: int, num_workers: int) -> torch.Tensor:
-    """The training images of ``epoch`` from a new training loader (a fresh process state)."""
+def _train_loader(phantom, num_workers: int):
+    """A new training loader of ``phantom`` with ``num_workers`` workers (a fresh process
+    state); the fixture keeps its own setting."""
     phantom.num_workers = num_workers
     try:
-        loader = phantom.train_dataloader()
+        return phantom.train_dataloader()
     finally:
         phantom.num_workers = 0
+
+
+def _augmented_epoch(phantom, epoch: int, num_workers: int) -> torch.Tensor:
+    """The training images of ``epoch`` from a new training loader (a fresh process state)."""
+    loader = _train_loader(phantom, num_workers)
     loader.sampler.set_epoch(epoch)  # what Lightning does before each training epoch
     return torch.cat([b["image"] for b in loader])
 
@@ -120,11 +126,7 @@ def test_an_epoch_is_the_same_after_a_restart_and_with_any_worker(phantom, monke
     a new loader, and a loader without workers: the order comes from (seed, epoch), the
     augmentation is reseeded from (seed, rank, epoch, worker) at each epoch."""
     monkeypatch.setenv("PL_GLOBAL_SEED", "42")
-    phantom.num_workers = 1
-    try:
-        loader = phantom.train_dataloader()
-    finally:
-        phantom.num_workers = 0
+    loader = _train_loader(phantom, num_workers=1)
     assert isinstance(loader.sampler, EpochShuffleSampler) and loader.persistent_workers
     assert _is_dataloader_shuffled(loader)  # so Lightning shuffles under DDP
     straight = []
@@ -144,11 +146,7 @@ def test_a_loader_resumed_inside_an_epoch_hands_out_the_rest_of_it(phantom, monk
     are loaded and dropped, so the worker's draws stay in step); a state of another epoch is
     ignored."""
     monkeypatch.setenv("PL_GLOBAL_SEED", "42")
-    phantom.num_workers = 1
-    try:
-        loader = phantom.train_dataloader()
-    finally:
-        phantom.num_workers = 0
+    loader = _train_loader(phantom, num_workers=1)
     loader.sampler.set_epoch(1)
     batches = iter(loader)
     seen = [next(batches)["image"], next(batches)["image"]]
@@ -158,11 +156,7 @@ def test_a_loader_resumed_inside_an_epoch_hands_out_the_rest_of_it(phantom, monk
     assert len(seen) + len(rest) == len(loader) > 2
 
     for workers in (1, 0):
-        phantom.num_workers = workers
-        try:
-            resumed = phantom.train_dataloader()
-        finally:
-            phantom.num_workers = 0
+        resumed = _train_loader(phantom, workers)
         resumed.load_state_dict(state)
         resumed.sampler.set_epoch(1)
         got = [b["image"] for b in resumed]
