@@ -83,7 +83,7 @@ class ExactResume(L.Callback):
         loaders = trainer.train_dataloader
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         stateful = [loader for loader in loaders if isinstance(loader, _Stateful)]
-        if states and len(states) == len(stateful):  # a loader skips a state of another epoch
+        if states and len(states) == len(stateful):  # the loaders the states were saved from
             for loader, state in zip(stateful, states, strict=True):
                 loader.load_state_dict(state)
 
