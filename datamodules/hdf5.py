@@ -1,12 +1,15 @@
 """The HDF5 split files: layout, and the datasets that read them (the only HDF5 reader).
 
-HDF5 layout (``data_dir/{train,val,test}.h5``, ``format_version`` 1), written by
+HDF5 layout (``data_dir/{train,val,test}.h5``, ``format_version`` 2), written by
 ``SliceDataModule.prepare_data`` (``datamodules.base``) and read only in this module:
 
 - one group per case, named by its id from the raw names (``case0005``, ``patient001_frame01``,
   ``013``), holding
-  - ``image``: float32 (C, D, H, W), chunked (C, 1, H, W) -- one slice (all channels) per chunk,
-    already intensity-preprocessed (``preprocess_image``);
+  - ``image``: (C, D, H, W), chunked (C, 1, H, W) -- one slice (all channels) per chunk:
+    float32, already intensity-preprocessed (``preprocess_image``), or the raw values in their
+    small integer type (uint8, int8, uint16, int16) with the case attribute ``intensity``, the
+    per-channel maps that normalize them as they are read (``datamodules.intensity``; the values
+    read are bit-identical to normalizing before writing, with 2-4x fewer bytes stored);
   - ``label``: uint8 (D, H, W), chunked (1, H, W), values 0..num_classes-1;
   - attributes ``spacing`` (float64 (3,), mm in (D, H, W) order) and ``affine`` (float64 (4, 4),
     maps array indices (d, h, w, 1) to scanner mm), plus ``raw_affine`` / ``raw_shape`` where
@@ -31,12 +34,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.intensity import decode_maps, restore_image
 from datamodules.loader import EpochSeeds
 from datamodules.transforms import SliceTransform
 
 __all__ = ["FORMAT_VERSION", "SPLITS", "SliceDataset", "VolumeDataset"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -55,6 +59,7 @@ class _H5Dataset(Dataset):
             self.depths = np.array([f[c]["label"].shape[0] for c in self.cases], dtype=np.int64)
             self.spacings = [np.asarray(f[c].attrs["spacing"], np.float64) for c in self.cases]
             self.geometry = [_case_geometry(f[c].attrs) for c in self.cases]
+            self.intensity_maps = [decode_maps(f[c].attrs) for c in self.cases]
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._handles: list[tuple[h5py.Dataset, h5py.Dataset, bool]] = []
@@ -98,11 +103,12 @@ class _H5Dataset(Dataset):
         if raw:
             c, _, h, w = img.shape
             _, buf = img.id.read_direct_chunk((0, z, 0, 0))
-            image = np.frombuffer(buf, dtype=np.float32).reshape(c, h, w)
+            image = np.frombuffer(buf, dtype=img.dtype).reshape(c, h, w)
             _, buf = lab.id.read_direct_chunk((z, 0, 0))
             label = np.frombuffer(buf, dtype=np.uint8).reshape(h, w)
-            return image, label
-        return img[:, z], lab[z]
+        else:
+            image, label = img[:, z], lab[z]
+        return restore_image(image, self.intensity_maps[case]), label
 
 
 class SliceDataset(_H5Dataset):
@@ -187,7 +193,7 @@ class VolumeDataset(_H5Dataset):
         self._ensure_open()
         img, lab, _ = self._handles[index]
         return {
-            "image": torch.from_numpy(img[...]),
+            "image": torch.from_numpy(restore_image(img[...], self.intensity_maps[index])),
             "label": torch.from_numpy(lab[...].astype(np.int64)),
             "spacing": torch.from_numpy(self.spacings[index].copy()),
             "case": self.cases[index],

@@ -11,8 +11,9 @@ every training case tested once, by the fold that held it out), ``"imagesTs"`` r
 Slices are taken along the axis of largest (median) voxel spacing of the training cases when
 the spacing is anisotropic, else along the superior axis; 2D datasets give one slice per case.
 An ``ignore`` label is stored as its value (``ignore_index`` = number of classes).
-The CT statistics (foreground intensities of every training case, all folds) are stored in
-each split file's ``intensity_statistics`` attribute.
+Images are stored raw, with the per-channel maps that normalize them as they are read
+(``datamodules.intensity``); the CT statistics (foreground intensities of every training case,
+all folds) are stored in each split file's ``intensity_statistics`` attribute.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from datamodules.base import SliceDataModule
 from datamodules.hdf5 import SPLITS
+from datamodules.intensity import decode_maps, encode_maps, storage_dtype
 from datamodules.nnunet_cases import RawCase, read_case, to_canonical
 from datamodules.nnunet_io import NATURAL_2D_ENDINGS, raw_spacing
 from datamodules.nnunet_layout import (
@@ -38,7 +40,7 @@ from datamodules.nnunet_layout import (
 from datamodules.nnunet_norm import (
     TOTAL_FOREGROUND_SAMPLES,
     foreground_statistics,
-    normalize_channel,
+    intensity_map,
     normalize_image,
     sample_foreground,
     scheme_of,
@@ -293,8 +295,9 @@ class NNUNetDataModule(SliceDataModule):
 
     # ---------------------------------------------------------------- preprocessing
     def _prepare_data_locked(self) -> None:
-        """One pass over the files: CT channels are written raw while their foreground is
-        sampled, then normalized in the temporary split files once every training case is read."""
+        """One pass over the files: images are written raw while the CT channels' foreground
+        is sampled; their maps are set in the temporary split files once every training case
+        is read."""
         self._samples = {c: [] for c in self._ct_channels()}
         self._written = {}
         try:
@@ -318,14 +321,14 @@ class NNUNetDataModule(SliceDataModule):
         channels, label, affine, spacing, attrs = to_canonical(
             case, self.file_ending, str(spec.get("slice_axis"))
         )
-        # CT channels stay raw until the statistics are known (see _write_split)
-        ct = self._ct_channels()
-        image = np.empty((len(channels), *label.shape), np.float32)
-        for c, (x, name) in enumerate(zip(channels, self.channel_names, strict=True)):
-            if c in ct:
-                image[c] = x
-            else:
-                normalize_channel(x, name, out=image[c])
+        # stored raw with the maps that normalize it when read (``datamodules.intensity``); the
+        # CT maps need the training set's statistics and are set at the end (see _write_split)
+        ct, names = self._ct_channels(), self.channel_names
+        image = np.empty((len(channels), *label.shape), storage_dtype([x.dtype for x in channels]))
+        for c, x in enumerate(channels):  # no float64 stack of scaled NIfTI data
+            image[c] = x
+        maps = [None if c in ct else intensity_map(x, names[c]) for c, x in enumerate(channels)]
+        attrs["intensity"] = encode_maps(maps)
         return CaseData(image=image, label=label, spacing=spacing, affine=affine, attrs=attrs)
 
     def _check_case(self, case_id: str, case: CaseData) -> None:
@@ -339,8 +342,9 @@ class NNUNetDataModule(SliceDataModule):
     ) -> None:
         """The base writer for cases not written yet; a case already in an earlier split
         (the held-out fold as test split, ``fold="all"``) is copied from that split's file,
-        so every file is read once. After the last split, normalize the CT channels of all
-        three temporary files and store the fold, ignore index and CT statistics in each."""
+        so every file is read once. After the last split, store the fold, ignore index and CT
+        statistics in each of the three temporary files, and the CT channels' maps in each
+        case (the images stay raw)."""
         cases = list(cases)
         new = [c for c in cases if (c.case_id, c.files) not in self._written]
         super()._write_split(tmp, new, fp, progress, task, split)
@@ -367,12 +371,10 @@ class NNUNetDataModule(SliceDataModule):
                 f.attrs["ignore_index"] = -1 if self.ignore_index is None else self.ignore_index
                 f.attrs["intensity_statistics"] = json.dumps(stats)
                 for case_id in f if ct else ():
-                    dataset = f[case_id]["image"]
-                    image = dataset[...]
+                    maps = decode_maps(f[case_id].attrs)
                     for c in ct:
-                        view = image[c]
-                        normalize_channel(view, self.channel_names[c], stats[c], out=view)
-                    dataset[...] = image
+                        maps[c] = intensity_map(np.empty(0), self.channel_names[c], stats[c])
+                    f[case_id].attrs["intensity"] = encode_maps(maps)
 
     def _settings(self) -> dict[str, Any]:
         return {

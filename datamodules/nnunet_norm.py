@@ -18,9 +18,12 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from datamodules.intensity import IntensityMap, apply_intensity_map
+
 __all__ = [
     "SCHEMES",
     "foreground_statistics",
+    "intensity_map",
     "normalize_channel",
     "normalize_image",
     "sample_foreground",
@@ -91,6 +94,48 @@ def foreground_statistics(samples: Iterable[np.ndarray]) -> dict[str, float]:
     }
 
 
+def intensity_map(
+    channel: np.ndarray, channel_name: str, ct_stats: dict[str, float] | None = None
+) -> IntensityMap:
+    """The map (``datamodules.intensity``) that normalizes one channel (any shape, raw values)
+    by its scheme: ``clip`` (CT only), ``shift`` and ``scale``, as nnU-Net's classes compute
+    them in float32 (a z-score's mean over the float32 image, its standard deviation of the
+    centred float32 values summed in float64).
+
+    Raises:
+        ValueError: ``CT`` without ``ct_stats``; ``rgb_to_0_1`` on values outside [0, 255].
+    """
+    scheme = scheme_of(channel_name)
+    if scheme == "ct":
+        if ct_stats is None:
+            raise ValueError(f"Channel {channel_name!r} (CT) needs the dataset's CT statistics")
+        clip = [float(ct_stats["percentile_00_5"]), float(ct_stats["percentile_99_5"])]
+        return {"clip": clip, "shift": float(ct_stats["mean"]), "scale": max(ct_stats["std"], 1e-8)}
+    if scheme == "nonorm":
+        return {"clip": None, "shift": 0.0, "scale": 1.0}
+    if scheme == "rgb_to_0_1":
+        lo, hi = np.min(channel), np.max(channel)
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"Channel {channel_name!r} (rgb_to_0_1) holds values outside [0, 255]: [{lo}, {hi}]"
+            )
+        return {"clip": None, "shift": 0.0, "scale": 255.0}
+    if scheme == "rescale_to_0_1":
+        # float32 rounding is monotonic: min / max of the float32 values are those of the raw
+        low, high = np.float32(np.min(channel)), np.float32(np.max(channel))
+        return {"clip": None, "shift": float(low), "scale": max(float(high - low), 1e-8)}
+    image = np.ascontiguousarray(channel, dtype=np.float32).reshape(-1)
+    mean = image.mean()  # float32, as nnU-Net computes it
+    # the standard deviation of the centred values in 2^16-value blocks (float32 dot products,
+    # exact enough at that length, summed in float64), without a centred copy of the image
+    squares = sum(
+        float(np.dot(block, block))
+        for block in (image[i : i + (1 << 16)] - mean for i in range(0, image.size, 1 << 16))
+    )
+    std = np.float32(np.sqrt(squares / max(image.size, 1)))
+    return {"clip": None, "shift": float(mean), "scale": float(max(std, np.float32(1e-8)))}
+
+
 def normalize_channel(
     channel: np.ndarray,
     channel_name: str,
@@ -98,44 +143,14 @@ def normalize_channel(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Normalize one channel (any shape) by its scheme into ``out`` (float32, same shape;
-    default a new array) and return it; ``out`` may be ``channel`` itself.
+    default a new array) and return it; ``out`` may be ``channel`` itself. The values are
+    those a stored raw channel gives through its :func:`intensity_map`, bit for bit.
 
     Raises:
-        ValueError: ``CT`` without ``ct_stats``; ``rgb_to_0_1`` on values outside [0, 255].
+        ValueError: as :func:`intensity_map`.
     """
-    scheme = scheme_of(channel_name)
-    if out is None:
-        out = np.empty(np.shape(channel), np.float32)
-    if scheme == "rgb_to_0_1":
-        lo, hi = np.min(channel), np.max(channel)  # of the input: a uint8 one is 4x smaller
-        if lo < 0 or hi > 255:
-            raise ValueError(
-                f"Channel {channel_name!r} (rgb_to_0_1) holds values outside [0, 255]: [{lo}, {hi}]"
-            )
-        return np.divide(channel, np.float32(255.0), out=out, dtype=np.float32)  # one pass
-    if out is not channel:
-        out[...] = channel
-    if scheme == "nonorm":
-        return out
-    if scheme == "ct":
-        if ct_stats is None:
-            raise ValueError(f"Channel {channel_name!r} (CT) needs the dataset's CT statistics")
-        np.clip(out, ct_stats["percentile_00_5"], ct_stats["percentile_99_5"], out=out)
-        out -= np.float32(ct_stats["mean"])
-        out /= np.float32(max(ct_stats["std"], 1e-8))
-        return out
-    if scheme == "rescale_to_0_1":
-        out -= out.min()
-        out /= np.float32(max(float(out.max()), 1e-8))
-        return out
-    out -= out.mean()  # float32, as nnU-Net computes it
-    flat = out.reshape(-1)
-    # the standard deviation of the centred values in one pass without a copy: dot products
-    # of 2^16 values (float32, exact enough at that length) summed in float64
-    squares = sum(float(np.dot(c, c)) for c in np.split(flat, range(1 << 16, flat.size, 1 << 16)))
-    std = np.float32(np.sqrt(squares / max(flat.size, 1)))
-    out /= max(std, np.float32(1e-8))
-    return out
+    spec = intensity_map(channel, channel_name, ct_stats)
+    return apply_intensity_map(channel, spec, out=out)
 
 
 def normalize_image(

@@ -46,7 +46,8 @@ class CaseData:
     """A preprocessed case, ready to be written.
 
     Attributes:
-        image: float32 (C, D, H, W), intensity-preprocessed.
+        image: (C, D, H, W), float32 intensity-preprocessed, or raw (a small integer type)
+            with its per-channel maps in ``attrs["intensity"]`` (``datamodules.intensity``).
         label: uint8 (D, H, W), values in 0..num_classes-1.
         spacing: float64 (3,), mm in (D, H, W) order.
         affine: float64 (4, 4), array index (d, h, w, 1) -> scanner mm.

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from datamodules.hdf5 import SPLITS
+from datamodules.intensity import STORABLE
 from datamodules.raw import CaseData, CaseSpec, check_finite
 
 __all__ = [
@@ -126,11 +127,15 @@ def check_case(case_id: str, case: CaseData, in_channels: int, num_classes: int)
 
 
 def write_case(f: h5py.File, case_id: str, case: CaseData, compression: str | None) -> None:
-    """Write one case as the group ``case_id`` of an open split file (layout: ``hdf5``)."""
+    """Write one case as the group ``case_id`` of an open split file (layout: ``hdf5``): the
+    image as float32, or in its raw small integer type (``intensity.STORABLE``) when the case
+    carries the maps that normalize it (``attrs["intensity"]``)."""
     c, d, h, w = case.image.shape
     g = f.create_group(case_id)
+    raw = case.image.dtype in STORABLE and "intensity" in case.attrs
+    dtype = case.image.dtype if raw else np.float32
     for name, array, chunks in (
-        ("image", np.ascontiguousarray(case.image, dtype=np.float32), (c, 1, h, w)),
+        ("image", np.ascontiguousarray(case.image, dtype=dtype), (c, 1, h, w)),
         ("label", np.ascontiguousarray(case.label, dtype=np.uint8), (1, h, w)),
     ):
         # every chunk is written at once below: skip HDF5's fill of new chunks

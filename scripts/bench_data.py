@@ -11,8 +11,8 @@
 3. nnU-Net-format datasets (``NNUNetDataModule.prepare_data``, folds, normalization and all)
    against reading every file of the dataset once (nibabel / PIL; target: at most 1.5x), and
    the training loader's slices/s on the result (target: at least 1000 per worker): a 3D
-   two-channel set (CT + T2, int16 NIfTI: CT statistics sampled while the files are read, then
-   applied to the written HDF5) and a 2D RGB png set.
+   two-channel set (CT + T2, int16 NIfTI: stored as int16, the CT statistics sampled while the
+   files are read) and a 2D RGB png set (stored as uint8); the loader normalizes as it reads.
 """
 
 from __future__ import annotations

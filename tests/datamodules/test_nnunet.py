@@ -16,6 +16,7 @@ from nnunetv2.preprocessing.normalization.default_normalization_schemes import (
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 
 import datamodules.nnunet as nnunet_module
+from datamodules.hdf5 import SliceDataset, VolumeDataset
 from datamodules.nnunet import NNUNetDataModule, default_data_dir
 from datamodules.nnunet_layout import DatasetError
 from tests.datamodules.nnunet_datasets import AFFINE, SHAPE, write_msd, write_png, write_v2
@@ -48,6 +49,14 @@ def _cases(path: Path) -> list[str]:
         return sorted(f.keys())
 
 
+def _read(path: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+    """A prepared case as training and evaluation read it: (image float32, label)."""
+    volumes = VolumeDataset(path)
+    item = volumes[volumes.cases.index(case)]
+    volumes.close()
+    return item["image"].numpy(), item["label"].numpy()
+
+
 def test_v2_two_channels_ignore_label_and_test_split(tmp_path: Path) -> None:
     ds = write_v2(tmp_path)
     dm = _dm(ds, tmp_path)
@@ -64,7 +73,9 @@ def test_v2_two_channels_ignore_label_and_test_split(tmp_path: Path) -> None:
         stats = json.loads(f.attrs["intensity_statistics"])
         assert stats[1] is None and set(stats[0]) >= {"mean", "std"}
         case = "tiny_case_000" if "tiny_case_000" in f else sorted(f)[0]
-        image, label = f[case]["image"][...], f[case]["label"][...]
+        # int16 CT + float32 T2: stored raw as float32, normalized as it is read
+        assert f[case]["image"].dtype == np.float32 and "intensity" in f[case].attrs
+    image, label = _read(dm.split_path("train"), case)
     assert image.shape == (2, SHAPE[2], SHAPE[1], SHAPE[0])  # (C, D, H, W): D the 3 mm axis
     # the raw files, normalized by nnunetv2's own classes, then reoriented (RAS, diagonal)
     raw = [
@@ -77,6 +88,9 @@ def test_v2_two_channels_ignore_label_and_test_split(tmp_path: Path) -> None:
     np.testing.assert_allclose(image[1], t2.transpose(2, 1, 0), rtol=1e-5, atol=1e-5)
     raw_label = np.asarray(nib.load(ds / "labelsTr" / f"{case}.nii.gz").dataobj)
     np.testing.assert_array_equal(label, raw_label.transpose(2, 1, 0))
+    slices = SliceDataset(dm.split_path("train"), None)  # a training slice: that volume's slice
+    item = slices[int(np.flatnonzero(slices.case_index == slices.cases.index(case))[2])]
+    np.testing.assert_array_equal(item["image"].numpy(), image[:, item["slice"]])
     with h5py.File(dm.split_path("train"), "r") as f:
         assert max(int(f[c]["label"][...].max()) for c in f) == 3  # the ignore label is kept
 
@@ -97,8 +111,7 @@ def test_held_out_fold_is_the_test_split_without_labels_ts(tmp_path: Path) -> No
     ids = [f"tiny_{i:03d}" for i in range(5)]
     fold3 = generate_crossval_split(ids, seed=12345, n_splits=5)[3]
     assert _cases(dm.split_path("test")) == _cases(dm.split_path("val")) == list(fold3["val"])
-    with h5py.File(dm.split_path("train"), "r") as f:
-        image = f[sorted(f)[0]]["image"][...]
+    image, _ = _read(dm.split_path("train"), _cases(dm.split_path("train"))[0])
     assert image.shape == (2, SHAPE[2], SHAPE[1], SHAPE[0])
     assert abs(float(image[0].mean())) < 1e-4  # z-scored per image
 
@@ -144,12 +157,13 @@ def test_png_rgb_dataset_is_single_slices(tmp_path: Path) -> None:
     dm = _dm(ds, tmp_path)
     assert dm.in_channels == 3
     dm.prepare_data()
-    with h5py.File(dm.split_path("train"), "r") as f:
-        case = sorted(f)[0]
-        image, label = f[case]["image"][...], f[case]["label"][...]
     from PIL import Image
 
+    case = _cases(dm.split_path("train"))[0]
     rgb = np.asarray(Image.open(ds / "imagesTr" / f"{case}_0000.png"))
+    with h5py.File(dm.split_path("train"), "r") as f:  # stored as the png's bytes
+        np.testing.assert_array_equal(f[case]["image"][:, 0], rgb.transpose(2, 0, 1))
+    image, label = _read(dm.split_path("train"), case)
     assert image.shape == (3, 1, 20, 24) and label.shape == (1, 20, 24)
     # R, G, B are "any other name": z-scored per image, as nnU-Net would
     ref = ZScoreNormalization(False, {}, np.float32).run(rgb[..., 1].astype(np.float32))

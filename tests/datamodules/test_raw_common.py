@@ -44,7 +44,7 @@ def test_layout_and_attributes(fake: Fake) -> None:
             assert json.loads(f.attrs["class_names"])[0] == "background"
             assert json.loads(f.attrs["class_names"]) == dm.class_names
             assert len(json.loads(f.attrs["channel_names"])) == dm.in_channels
-            assert int(f.attrs["format_version"]) == 1
+            assert int(f.attrs["format_version"]) == 2
             assert len(f.attrs["fingerprint"]) == 64
             for case in f:
                 img, lab = f[case]["image"], f[case]["label"]
