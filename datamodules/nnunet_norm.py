@@ -10,6 +10,10 @@ Matched case-insensitively (nnU-Net's ``get_normalization_scheme``), for a chann
 - ``rgb_to_0_1``: ``x / 255``;
 - ``zscore`` and any other name: ``(x - mean) / max(std, 1e-8)`` over the whole image
   (nnU-Net's ``ZScoreNormalization`` without its foreground mask).
+
+Each scheme is an intensity map (``datamodules.intensity``) computed from the channel
+(:func:`intensity_map`); :func:`normalize_channel` applies it, and the prepared files store it
+so that the loaders apply it to the raw values they read.
 """
 
 from __future__ import annotations
