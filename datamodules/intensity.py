@@ -63,9 +63,10 @@ def apply_intensity_map(
 
 
 @lru_cache(maxsize=256)
-def _cached_table(spec_json: str) -> np.ndarray:
+def _uint8_table(shift: float, scale: float, clip: tuple[float, float] | None) -> np.ndarray:
     """The float32 value of each uint8 value under a map (256,): the map applied to them."""
-    return apply_intensity_map(np.arange(256, dtype=np.uint8), json.loads(spec_json))
+    spec = {"shift": shift, "scale": scale, "clip": clip}
+    return apply_intensity_map(np.arange(256, dtype=np.uint8), spec)
 
 
 def restore_image(raw: np.ndarray, maps: Sequence[IntensityMap] | None) -> np.ndarray:
@@ -79,7 +80,10 @@ def restore_image(raw: np.ndarray, maps: Sequence[IntensityMap] | None) -> np.nd
     out = np.empty(raw.shape, np.float32)
     for c, spec in enumerate(maps):
         if raw.dtype == np.uint8 and raw[c].flags.c_contiguous:
-            table = _cached_table(json.dumps(spec, sort_keys=True))
+            clip = spec.get("clip")
+            table = _uint8_table(
+                spec["shift"], spec["scale"], None if clip is None else tuple(clip)
+            )
             cv2.LUT(raw[c].reshape(-1, raw.shape[-1]), table, dst=out[c].reshape(-1, raw.shape[-1]))
         else:
             apply_intensity_map(raw[c], spec, out=out[c])

@@ -363,6 +363,7 @@ class NNUNetDataModule(SliceDataModule):
         stats: list[dict[str, float] | None] = [None] * self.in_channels
         for c in ct:
             stats[c] = foreground_statistics(self._samples[c])
+        ct_maps = {c: intensity_map(np.empty(0), self.channel_names[c], stats[c]) for c in ct}
         for split in SPLITS:
             with h5py.File(self.split_path(split).with_name(f"{split}.h5.tmp"), "a") as f:
                 f.attrs["fold"] = str(self.fold)
@@ -372,8 +373,7 @@ class NNUNetDataModule(SliceDataModule):
                 f.attrs["intensity_statistics"] = json.dumps(stats)
                 for case_id in f if ct else ():
                     maps = decode_maps(f[case_id].attrs)
-                    for c in ct:
-                        maps[c] = intensity_map(np.empty(0), self.channel_names[c], stats[c])
+                    maps = [ct_maps.get(c, spec) for c, spec in enumerate(maps)]
                     f[case_id].attrs["intensity"] = encode_maps(maps)
 
     def _settings(self) -> dict[str, Any]:
