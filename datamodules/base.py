@@ -30,6 +30,7 @@ from datamodules.split_files import (
     check_case,
     check_splits,
     json_sha256,
+    load_ahead,
     plan_fingerprint,
     write_case,
 )
@@ -42,6 +43,9 @@ from datamodules.transforms import (
 
 __all__ = ["SliceDataModule"]
 
+#: cases read and preprocessed in background threads while the current one is written
+#: (``split_files.load_ahead``): at most ``LOAD_AHEAD + 1`` cases in memory at once
+LOAD_AHEAD = 2
 #: split files each evaluation stage reads (the raw data is not needed once they exist)
 _EVAL_SPLITS = {"validate": ("val",), "test": ("test",), "predict": ("test",)}
 
@@ -296,9 +300,8 @@ class SliceDataModule(L.LightningDataModule):
             f.attrs["fingerprint"] = fp
             f.attrs["settings_fingerprint"] = self.settings_fingerprint()
             f.attrs["split"] = split
-            for spec in cases:
+            for spec, case in load_ahead(self._load_case, cases, LOAD_AHEAD):
                 progress.update(task, description=f"{split}: {spec.case_id}")
-                case = self._load_case(spec)
                 self._check_case(spec.case_id, case)
                 self._write_case(f, spec.case_id, case)
                 del case

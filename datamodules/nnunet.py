@@ -141,8 +141,8 @@ class NNUNetDataModule(SliceDataModule):
         #: MSD layout: one 4D file ``<case><file_ending>`` per case, modality last
         self.msd: bool = meta["msd"]
         self.val_cases: list[str] = []
-        # foreground samples of the CT channels, collected while prepare_data runs
-        self._samples: dict[int, list[np.ndarray]] | None = None
+        # case id -> foreground samples of its CT channels, drawn while prepare_data runs
+        self._drawn: dict[str, dict[int, np.ndarray]] = {}
         # (case id, files) -> temporary split file that already holds the case
         self._written: dict[tuple[str, tuple[Path, ...]], Path] = {}
 
@@ -298,12 +298,11 @@ class NNUNetDataModule(SliceDataModule):
         """One pass over the files: images are written raw while the CT channels' foreground
         is sampled; their maps are set in the temporary split files once every training case
         is read."""
-        self._samples = {c: [] for c in self._ct_channels()}
-        self._written = {}
+        self._written, self._drawn = {}, {}
         try:
             super()._prepare_data_locked()
         finally:
-            self._samples = None
+            self._written, self._drawn = {}, {}
 
     def preprocess_image(self, image: np.ndarray) -> np.ndarray:
         """nnU-Net's normalization of each channel of a (C, D, H, W) image (``nnunet_norm``)."""
@@ -311,19 +310,17 @@ class NNUNetDataModule(SliceDataModule):
 
     def _load_case(self, spec: CaseSpec) -> CaseData:
         case = self._read(spec)
-        samples = self._samples
-        if samples and spec.get("training"):  # each case is read once (see _write_split)
+        ct, names = self._ct_channels(), self.channel_names
+        if ct and spec.get("training"):  # each case is read once (see _write_split)
             order = "C" if self.file_ending in NATURAL_2D_ENDINGS else "F"
             per_case = TOTAL_FOREGROUND_SAMPLES // int(spec.get("n_training"))
-            drawn = sample_foreground(case.channels, case.label, list(samples), per_case, order)
-            for c, values in drawn.items():
-                samples[c].append(values)
+            drawn = sample_foreground(case.channels, case.label, ct, per_case, order)
+            self._drawn[spec.case_id] = drawn
         channels, label, affine, spacing, attrs = to_canonical(
             case, self.file_ending, str(spec.get("slice_axis"))
         )
         # stored raw with the maps that normalize it when read (``datamodules.intensity``); the
         # CT maps need the training set's statistics and are set at the end (see _write_split)
-        ct, names = self._ct_channels(), self.channel_names
         image = np.empty((len(channels), *label.shape), storage_dtype([x.dtype for x in channels]))
         for c, x in enumerate(channels):  # no float64 stack of scaled NIfTI data
             image[c] = x
@@ -361,8 +358,10 @@ class NNUNetDataModule(SliceDataModule):
             return
         ct = self._ct_channels()
         stats: list[dict[str, float] | None] = [None] * self.in_channels
+        # pooled in the order the cases were written (they are loaded in threads)
+        drawn = [self._drawn[case_id] for case_id, _ in self._written if case_id in self._drawn]
         for c in ct:
-            stats[c] = foreground_statistics(self._samples[c])
+            stats[c] = foreground_statistics([d[c] for d in drawn])
         ct_maps = {c: intensity_map(np.empty(0), self.channel_names[c], stats[c]) for c in ct}
         for split in SPLITS:
             with h5py.File(self.split_path(split).with_name(f"{split}.h5.tmp"), "a") as f:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ __all__ = [
     "check_case",
     "check_splits",
     "json_sha256",
+    "load_ahead",
     "plan_fingerprint",
     "write_case",
 ]
@@ -124,6 +128,46 @@ def check_case(case_id: str, case: CaseData, in_channels: int, num_classes: int)
             f"Case {case_id}: label must be uint8 in 0..{num_classes - 1}, got dtype "
             f"{case.label.dtype} with max {case.label.max()}."
         )
+
+
+def load_ahead(
+    load: Callable[[CaseSpec], CaseData], specs: Iterable[CaseSpec], depth: int = 2
+) -> Iterator[tuple[CaseSpec, CaseData]]:
+    """``(spec, load(spec))`` for each spec, in order, while background threads already load
+    the next ``depth`` cases (``depth=0``: one at a time, in the caller's thread).
+
+    The caller writes case i while cases i+1..i+depth are read and preprocessed: file
+    decoding (zlib, PNG), NumPy and HDF5's own I/O run without Python's lock, so reading
+    overlaps writing, and on more cores the cases overlap each other. At most ``depth + 1``
+    loaded cases are held at once. An exception raised by ``load`` (``KeyboardInterrupt``
+    included) is raised here at its case's turn; when the caller stops early the loads not yet
+    started are cancelled and the running ones are waited for.
+    """
+    if depth < 1:
+        for spec in specs:
+            yield spec, load(spec)
+        return
+    todo = iter(specs)
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="load-case") as pool:
+        pending: deque[tuple[CaseSpec, Future[CaseData]]] = deque()
+
+        def submit() -> None:
+            spec = next(todo, None)
+            if spec is not None:
+                pending.append((spec, pool.submit(load, spec)))
+
+        try:
+            for _ in range(depth):
+                submit()
+            while pending:
+                spec, future = pending.popleft()
+                case = future.result()
+                submit()
+                yield spec, case
+                del case
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def write_case(f: h5py.File, case_id: str, case: CaseData, compression: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import h5py
@@ -295,3 +296,41 @@ def test_slice_axis_round_trips_to_the_raw_grid(slice_axis: str) -> None:
     assert array.shape[0] == raw.shape[stack]
     assert spacing[0] == pytest.approx(np.linalg.norm(affine[:3, stack]))
     np.testing.assert_array_equal(canonical_to_raw(array, affine, slice_axis), raw)
+
+
+def test_ct_samples_pool_in_case_order_whatever_loads_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cases load in threads (``base.LOAD_AHEAD``); the CT foreground samples are pooled in
+    the order the cases are written, as one case at a time pools them, so the statistics do
+    not depend on which load finishes first."""
+    import datamodules.base as base_module
+
+    ds = write_v2(tmp_path)
+    pooled: list[list[np.ndarray]] = []
+    statistics = nnunet_module.foreground_statistics
+
+    def recording(samples):
+        pooled.append(list(samples))
+        return statistics(pooled[-1])
+
+    monkeypatch.setattr(nnunet_module, "foreground_statistics", recording)
+    read = NNUNetDataModule._read
+
+    def later_cases_first(self, spec):  # each case id's load takes longer than the next one's
+        time.sleep(0.05 * (200 - int(spec.case_id.rsplit("_", 1)[1])) / 200)
+        return read(self, spec)
+
+    runs = {}
+    for depth in (0, 3):
+        monkeypatch.setattr(base_module, "LOAD_AHEAD", depth)
+        monkeypatch.setattr(NNUNetDataModule, "_read", later_cases_first if depth else read)
+        dm = _dm(ds, tmp_path, data_dir=str(tmp_path / f"out_{depth}"))
+        dm.prepare_data()
+        with h5py.File(dm.split_path("train"), "r") as f:
+            runs[depth] = f.attrs["intensity_statistics"]
+    serial, ahead = pooled
+    assert len(serial) == len(ahead) == 6  # every training case (5 train + 1 val), in order
+    for a, b in zip(serial, ahead, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert runs[0] == runs[3]
